@@ -1,0 +1,283 @@
+//! Host templates (SPEC §2): `{port}-{sandbox}.sandbox.localhost` and friends, parsed once and matched
+//! label by label. Control renders them into URLs; edges match request hosts against them.
+
+use std::fmt;
+
+use crate::ids::{is_dns_label, is_host_id};
+
+/// The templates used when none is given on the command line.
+pub const DEFAULT_HOST_TEMPLATES: [&str; 4] = [
+    "{port}-{sandbox}.sandbox.localhost",
+    "sb-{sandbox}-p{port}.workers.localhost",
+    "{slug}.preview.localhost",
+    "{app}.{workspace}.apps.localhost",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placeholder {
+    Port,
+    Sandbox,
+    Slug,
+    App,
+    Workspace,
+}
+
+impl Placeholder {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "port" => Self::Port,
+            "sandbox" => Self::Sandbox,
+            "slug" => Self::Slug,
+            "app" => Self::App,
+            "workspace" => Self::Workspace,
+            _ => return None,
+        })
+    }
+
+    /// Whether `value` is a whole, valid value for this placeholder.
+    fn accepts(self, value: &str) -> bool {
+        match self {
+            Self::Port => parse_port(value).is_some(),
+            Self::Sandbox | Self::Slug => is_host_id(value),
+            Self::App | Self::Workspace => is_dns_label(value),
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Literal(String),
+    Value(Placeholder),
+}
+
+/// What a host template routes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateKind {
+    SandboxPort,
+    Preview,
+    Deployment,
+}
+
+/// What a host resolved to through a template. Borrowed from the (normalised) host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostMatch<'a> {
+    SandboxPort { sandbox: &'a str, port: u16 },
+    Preview { slug: &'a str },
+    Deployment { app: &'a str, workspace: &'a str },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("host template {0:?}: unknown placeholder {{{1}}}")]
+    UnknownPlaceholder(String, String),
+    #[error("host template {0:?}: unclosed or stray brace")]
+    Brace(String),
+    #[error("host template {0:?}: two placeholders must be separated by literal text")]
+    Adjacent(String),
+    #[error("host template {0:?}: needs {{port}} and {{sandbox}}, or {{slug}}, or {{app}} and {{workspace}}, each once")]
+    Placeholders(String),
+    #[error("host template {0:?}: literal text must be lowercase letters, digits, '-' or '.'")]
+    Literal(String),
+}
+
+/// A parsed host template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostTemplate {
+    source: String,
+    kind: TemplateKind,
+    /// Per DNS label, its tokens.
+    labels: Vec<Vec<Token>>,
+    /// The trailing labels with no placeholder (e.g. `.sandbox.localhost`), checked first: cheap rejection.
+    suffix: String,
+}
+
+impl HostTemplate {
+    pub fn parse(source: &str) -> Result<Self, TemplateError> {
+        let err_src = || source.to_string();
+        let lowered = source.trim().to_ascii_lowercase();
+        let mut labels = Vec::new();
+        let mut seen: Vec<Placeholder> = Vec::new();
+        for label in lowered.split('.') {
+            let mut tokens = Vec::new();
+            let mut rest = label;
+            while !rest.is_empty() {
+                if let Some(after) = rest.strip_prefix('{') {
+                    let end = after.find('}').ok_or_else(|| TemplateError::Brace(err_src()))?;
+                    let name = &after[..end];
+                    let p = Placeholder::parse(name)
+                        .ok_or_else(|| TemplateError::UnknownPlaceholder(err_src(), name.to_string()))?;
+                    if matches!(tokens.last(), Some(Token::Value(_))) {
+                        return Err(TemplateError::Adjacent(err_src()));
+                    }
+                    if seen.contains(&p) {
+                        return Err(TemplateError::Placeholders(err_src()));
+                    }
+                    seen.push(p);
+                    tokens.push(Token::Value(p));
+                    rest = &after[end + 1..];
+                } else {
+                    let end = rest.find('{').unwrap_or(rest.len());
+                    let lit = &rest[..end];
+                    if lit.contains('}') {
+                        return Err(TemplateError::Brace(err_src()));
+                    }
+                    if !lit.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                        return Err(TemplateError::Literal(err_src()));
+                    }
+                    tokens.push(Token::Literal(lit.to_string()));
+                    rest = &rest[end..];
+                }
+            }
+            if tokens.is_empty() {
+                return Err(TemplateError::Literal(err_src()));
+            }
+            labels.push(tokens);
+        }
+        seen.sort_by_key(|p| *p as u8);
+        use Placeholder::*;
+        let kind = match seen.as_slice() {
+            [Port, Sandbox] => TemplateKind::SandboxPort,
+            [Slug] => TemplateKind::Preview,
+            [App, Workspace] => TemplateKind::Deployment,
+            _ => return Err(TemplateError::Placeholders(err_src())),
+        };
+        let fixed =
+            labels.iter().rev().take_while(|l| l.iter().all(|t| matches!(t, Token::Literal(_)))).count();
+        let suffix = labels[labels.len() - fixed..]
+            .iter()
+            .map(|l| format!(".{}", render_literal(l)))
+            .collect::<String>();
+        Ok(Self { source: lowered, kind, labels, suffix })
+    }
+
+    pub fn kind(&self) -> TemplateKind {
+        self.kind
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Matches a host already normalised by [`normalize_host`].
+    pub fn matches<'h>(&self, host: &'h str) -> Option<HostMatch<'h>> {
+        if !host.ends_with(self.suffix.as_str()) {
+            return None;
+        }
+        let mut values: [Option<&'h str>; 5] = [None; 5];
+        let mut host_labels = host.split('.');
+        for pattern in &self.labels {
+            let label = host_labels.next()?;
+            if !match_label(pattern, label, &mut values) {
+                return None;
+            }
+        }
+        if host_labels.next().is_some() {
+            return None;
+        }
+        let get = |p: Placeholder| values[p as usize];
+        Some(match self.kind {
+            TemplateKind::SandboxPort => HostMatch::SandboxPort {
+                sandbox: get(Placeholder::Sandbox)?,
+                port: parse_port(get(Placeholder::Port)?)?,
+            },
+            TemplateKind::Preview => HostMatch::Preview { slug: get(Placeholder::Slug)? },
+            TemplateKind::Deployment => {
+                HostMatch::Deployment { app: get(Placeholder::App)?, workspace: get(Placeholder::Workspace)? }
+            }
+        })
+    }
+
+    /// Renders the host for the given values; placeholders this template lacks are ignored.
+    pub fn render(&self, port: Option<u16>, sandbox: &str, slug: &str, app: &str, workspace: &str) -> String {
+        let port = port.map(|p| p.to_string()).unwrap_or_default();
+        let mut out = String::new();
+        for (i, label) in self.labels.iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            for token in label {
+                out.push_str(match token {
+                    Token::Literal(l) => l,
+                    Token::Value(Placeholder::Port) => &port,
+                    Token::Value(Placeholder::Sandbox) => sandbox,
+                    Token::Value(Placeholder::Slug) => slug,
+                    Token::Value(Placeholder::App) => app,
+                    Token::Value(Placeholder::Workspace) => workspace,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for HostTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+fn render_literal(tokens: &[Token]) -> String {
+    tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Literal(l) => Some(l.as_str()),
+            Token::Value(_) => None,
+        })
+        .collect()
+}
+
+/// Matches one DNS label against its tokens, trying each split point for a placeholder (labels are at most
+/// 63 bytes, and a template has at most two placeholders in a label, so this stays tiny).
+fn match_label<'h>(tokens: &[Token], label: &'h str, values: &mut [Option<&'h str>; 5]) -> bool {
+    match tokens.split_first() {
+        None => label.is_empty(),
+        Some((Token::Literal(lit), rest)) => {
+            label.strip_prefix(lit.as_str()).is_some_and(|tail| match_label(rest, tail, values))
+        }
+        Some((Token::Value(p), rest)) => {
+            for end in (1..=label.len()).rev() {
+                let Some(value) = label.get(..end) else { continue };
+                if p.accepts(value) && match_label(rest, &label[end..], values) {
+                    values[*p as usize] = Some(value);
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
+/// Lowercases a `Host` header value and drops a trailing `:port` and a trailing `.`.
+/// Returns `None` for something that cannot be a host name.
+pub fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = raw.trim();
+    let without_port = if raw.starts_with('[') {
+        // An IPv6 literal never names a route; keep it whole so lookups simply miss.
+        raw
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    let host = without_port.strip_suffix('.').unwrap_or(without_port);
+    if host.is_empty() || host.len() > 253 {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(host))
+    }
+}
+
+#[cfg(test)]
+mod tests;

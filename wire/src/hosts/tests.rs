@@ -1,0 +1,90 @@
+use super::*;
+
+fn defaults() -> Vec<HostTemplate> {
+    DEFAULT_HOST_TEMPLATES.iter().map(|t| HostTemplate::parse(t).expect("default template")).collect()
+}
+
+fn route(host: &str) -> Option<String> {
+    let host = normalize_host(host)?;
+    defaults().iter().find_map(|t| t.matches(&host).map(|m| format!("{m:?}")))
+}
+
+#[test]
+fn port_dash_sandbox_form_routes_to_a_sandbox_port() {
+    assert_eq!(
+        route("3000-k3v9x2ab.sandbox.localhost").as_deref(),
+        Some(r#"SandboxPort { sandbox: "k3v9x2ab", port: 3000 }"#)
+    );
+}
+
+#[test]
+fn second_sandbox_form_routes_too() {
+    assert_eq!(
+        route("sb-k3v9x2ab-p5173.workers.localhost").as_deref(),
+        Some(r#"SandboxPort { sandbox: "k3v9x2ab", port: 5173 }"#)
+    );
+}
+
+#[test]
+fn slug_and_deployment_forms_route() {
+    assert_eq!(route("abcd1234.preview.localhost").as_deref(), Some(r#"Preview { slug: "abcd1234" }"#));
+    assert_eq!(
+        route("my-app.team-1.apps.localhost").as_deref(),
+        Some(r#"Deployment { app: "my-app", workspace: "team-1" }"#)
+    );
+}
+
+#[test]
+fn host_matching_ignores_case_port_and_trailing_dot() {
+    let want = Some(r#"SandboxPort { sandbox: "k3v9x2ab", port: 3000 }"#.to_string());
+    assert_eq!(route("3000-K3V9X2AB.Sandbox.LOCALHOST"), want);
+    assert_eq!(route("3000-k3v9x2ab.sandbox.localhost:8080"), want);
+    assert_eq!(route("3000-k3v9x2ab.sandbox.localhost."), want);
+    assert_eq!(route("3000-k3v9x2ab.sandbox.localhost.:8080"), want);
+}
+
+#[test]
+fn invalid_ports_and_ids_do_not_route() {
+    for host in [
+        "0-k3v9x2ab.sandbox.localhost",
+        "65536-k3v9x2ab.sandbox.localhost",
+        "03000-k3v9x2ab.sandbox.localhost",
+        "3000-abc.sandbox.localhost",
+        "3000-k3v9_2ab.sandbox.localhost",
+        "3000k3v9x2ab.sandbox.localhost",
+        "x.3000-k3v9x2ab.sandbox.localhost",
+        "sandbox.localhost",
+        "3000-k3v9x2ab.sandbox.localhost:80a",
+        "",
+        ":8080",
+    ] {
+        assert_eq!(route(host), None, "{host}");
+    }
+}
+
+#[test]
+fn templates_are_validated() {
+    assert!(matches!(HostTemplate::parse("{port}{sandbox}.x.dev"), Err(TemplateError::Adjacent(_))));
+    assert!(matches!(HostTemplate::parse("{port}.x.dev"), Err(TemplateError::Placeholders(_))));
+    assert!(matches!(HostTemplate::parse("{nope}.x.dev"), Err(TemplateError::UnknownPlaceholder(..))));
+    assert!(matches!(HostTemplate::parse("{slug.x.dev"), Err(TemplateError::Brace(_))));
+    assert!(matches!(HostTemplate::parse("{slug}..dev"), Err(TemplateError::Literal(_))));
+    assert!(matches!(HostTemplate::parse("{slug}-{slug}.dev"), Err(TemplateError::Placeholders(_))));
+}
+
+#[test]
+fn render_is_the_inverse_of_matching() {
+    for t in defaults() {
+        let host = t.render(Some(8080), "k3v9x2ab", "s1ug0001", "web", "acme");
+        assert!(t.matches(&host).is_some(), "{t} rendered {host}");
+    }
+}
+
+#[test]
+fn custom_template_with_separator_inside_sandbox_label() {
+    let t = HostTemplate::parse("{sandbox}--{port}.Preview.Example.App").expect("valid");
+    assert_eq!(
+        t.matches("abcd1234--443.preview.example.app"),
+        Some(HostMatch::SandboxPort { sandbox: "abcd1234", port: 443 })
+    );
+}
