@@ -1,0 +1,226 @@
+//! Tenants: created by the admin; each tenant configures its own branding, CSP, limits and domain.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use portico_wire::{Branding, PerMinute, Rate, RateLimits};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::timestamp;
+use crate::auth::{Admin, TenantKey};
+use crate::db::{self, now_ms, Kind, TenantRow, Write, TENANT_COLUMNS};
+use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::{keys, validate, App};
+
+const MAX_RPS: u32 = 1_000_000;
+const MAX_PER_MINUTE: u32 = 100_000;
+
+fn json_text<T: serde::Serialize>(value: &T) -> ApiResult<String> {
+    serde_json::to_string(value).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn view(app: &App, row: &TenantRow) -> ApiResult<Value> {
+    let preview_domain = row.preview_domain.as_ref().map(|hostname| {
+        json!({
+            "hostname": hostname,
+            "status": row.preview_domain_status.as_deref().unwrap_or("pending"),
+            "cname_target": app.cname_target,
+        })
+    });
+    Ok(json!({
+        "id": row.id,
+        "name": row.name,
+        "created_at": timestamp(row.created_at),
+        "branding": row.branding()?,
+        "frame_ancestors": row.frame_ancestors()?,
+        "rate_limits": row.rate_limits()?,
+        "preview_domain": preview_domain,
+    }))
+}
+
+async fn load(app: &App, id: &str) -> ApiResult<TenantRow> {
+    let mut conn = app.pool.acquire().await?;
+    db::tenant(&mut conn, id).await?.ok_or_else(|| ApiError::not_found("tenant"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+}
+
+pub async fn create(
+    State(app): State<App>,
+    _: Admin,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<Response> {
+    let name = validate::name("name", &body.name, 100)?;
+    let id = format!("tn_{}", keys::random_alnum(16));
+    let api_key = keys::new_tenant_key();
+    let created_at = now_ms();
+    let mut write = Write::begin(&app.pool).await?;
+    sqlx::query(
+        "INSERT INTO tenants (id, name, api_key_sha256, created_at, rate_limits) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&id)
+    .bind(&name)
+    .bind(keys::sha256_hex(&api_key))
+    .bind(created_at)
+    .bind(json_text(&RateLimits::default())?)
+    .execute(write.conn())
+    .await?;
+    write.touch(Kind::Tenant, &id);
+    write.commit(&app.notify).await?;
+    let body = json!({ "id": id, "name": name, "api_key": api_key, "created_at": timestamp(created_at) });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list(State(app): State<App>, _: Admin) -> ApiResult<Json<Vec<Value>>> {
+    let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id");
+    let rows: Vec<TenantRow> = sqlx::query_as(&sql).fetch_all(&app.pool).await?;
+    Ok(Json(rows.iter().map(|r| view(&app, r)).collect::<ApiResult<_>>()?))
+}
+
+/// Deletes the tenant with its sandboxes and previews, each gone from the feed in the same version.
+pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> ApiResult<StatusCode> {
+    let mut write = Write::begin(&app.pool).await?;
+    if db::tenant(write.conn(), &id).await?.is_none() {
+        return Err(ApiError::not_found("tenant"));
+    }
+    let previews: Vec<String> = sqlx::query_scalar("SELECT id FROM previews WHERE tenant_id = $1")
+        .bind(&id)
+        .fetch_all(write.conn())
+        .await?;
+    let sandboxes: Vec<String> = sqlx::query_scalar("SELECT id FROM sandboxes WHERE tenant_id = $1")
+        .bind(&id)
+        .fetch_all(write.conn())
+        .await?;
+    for sql in [
+        "DELETE FROM previews WHERE tenant_id = $1",
+        "DELETE FROM sandboxes WHERE tenant_id = $1",
+        "DELETE FROM tenants WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(&id).execute(write.conn()).await?;
+    }
+    previews.iter().for_each(|p| write.touch(Kind::Preview, p));
+    sandboxes.iter().for_each(|s| write.touch(Kind::Sandbox, s));
+    write.touch(Kind::Tenant, &id);
+    write.commit(&app.notify).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn show(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Value>> {
+    Ok(Json(view(&app, &load(&app, &key.tenant_id).await?)?))
+}
+
+/// Sets one JSON column of the caller's tenant and answers with the whole tenant.
+async fn update_column(app: &App, tenant_id: &str, column: &str, text: String) -> ApiResult<Json<Value>> {
+    let mut write = Write::begin(&app.pool).await?;
+    let sql = format!("UPDATE tenants SET {column} = $1 WHERE id = $2");
+    let done = sqlx::query(&sql).bind(text).bind(tenant_id).execute(write.conn()).await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("tenant"));
+    }
+    write.touch(Kind::Tenant, tenant_id);
+    write.commit(&app.notify).await?;
+    Ok(Json(view(app, &load(app, tenant_id).await?)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBranding {
+    logo_url: String,
+    accent_color: String,
+    #[serde(default)]
+    support_url: Option<String>,
+    #[serde(default)]
+    product_name: Option<String>,
+}
+
+pub async fn put_branding(
+    State(app): State<App>,
+    key: TenantKey,
+    ApiJson(body): ApiJson<PutBranding>,
+) -> ApiResult<Json<Value>> {
+    let branding = Branding {
+        logo_url: validate::https_url("logo_url", &body.logo_url)?,
+        accent_color: validate::accent_color(&body.accent_color)?,
+        support_url: body.support_url.map(|u| validate::https_url("support_url", &u)).transpose()?,
+        product_name: body.product_name.map(|n| validate::name("product_name", &n, 60)).transpose()?,
+    };
+    update_column(&app, &key.tenant_id, "branding", json_text(&branding)?).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutFrameAncestors {
+    sources: Vec<String>,
+}
+
+pub async fn put_frame_ancestors(
+    State(app): State<App>,
+    key: TenantKey,
+    ApiJson(body): ApiJson<PutFrameAncestors>,
+) -> ApiResult<Json<Value>> {
+    let sources = validate::frame_ancestors("sources", &body.sources)?;
+    update_column(&app, &key.tenant_id, "frame_ancestors", json_text(&sources)?).await
+}
+
+pub async fn put_rate_limits(
+    State(app): State<App>,
+    key: TenantKey,
+    ApiJson(body): ApiJson<RateLimits>,
+) -> ApiResult<Json<Value>> {
+    let rate = |field: &str, r: Rate| -> ApiResult<Rate> {
+        Ok(Rate {
+            rps: validate::rate(&format!("{field}.rps"), r.rps, MAX_RPS)?,
+            burst: validate::rate(&format!("{field}.burst"), r.burst, MAX_RPS)?,
+        })
+    };
+    let limits = RateLimits {
+        public_per_ip: rate("public_per_ip", body.public_per_ip)?,
+        private_per_token: rate("private_per_token", body.private_per_token)?,
+        auth_failures_per_ip: PerMinute {
+            per_minute: validate::rate(
+                "auth_failures_per_ip.per_minute",
+                body.auth_failures_per_ip.per_minute,
+                MAX_PER_MINUTE,
+            )?,
+        },
+    };
+    update_column(&app, &key.tenant_id, "rate_limits", json_text(&limits)?).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPreviewDomain {
+    hostname: String,
+}
+
+/// Claims a preview domain; it stays `pending` (and does not route) until verified.
+pub async fn set_preview_domain(
+    State(app): State<App>,
+    key: TenantKey,
+    ApiJson(body): ApiJson<SetPreviewDomain>,
+) -> ApiResult<Response> {
+    let hostname = validate::hostname(&body.hostname)?;
+    let mut write = Write::begin(&app.pool).await?;
+    let holder: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE preview_domain = $1")
+        .bind(&hostname)
+        .fetch_optional(write.conn())
+        .await?;
+    if holder.is_some_and(|h| h != key.tenant_id) {
+        return Err(ApiError::Conflict(format!("hostname: {hostname} is already claimed by another tenant")));
+    }
+    sqlx::query("UPDATE tenants SET preview_domain = $1, preview_domain_status = 'pending' WHERE id = $2")
+        .bind(&hostname)
+        .bind(&key.tenant_id)
+        .execute(write.conn())
+        .await?;
+    write.touch(Kind::Tenant, &key.tenant_id);
+    write.commit(&app.notify).await?;
+    let body = json!({ "hostname": hostname, "status": "pending", "cname_target": app.cname_target });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}

@@ -1,0 +1,127 @@
+//! One error type for the API, turned into `{"error":{"code","message"}}` in one place, and the
+//! extractors whose rejections must come out in the same shape.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The message names the field: `accent_color: must be #rrggbb`.
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, why: impl std::fmt::Display) -> Self {
+        Self::InvalidField(format!("{field}: {why}"))
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(format!("{what} not found"))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            Self::InvalidField(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m.clone()),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", self.to_string()),
+            // A race lost to a concurrent insert of the same unique value is a conflict, not a failure.
+            Self::Database(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                (StatusCode::CONFLICT, "conflict", "already exists".into())
+            }
+            Self::Database(_) | Self::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if status.is_server_error() {
+            // Details go to the log only: they may name tables, paths or values.
+            tracing::error!(error = %self, "control API request failed");
+        }
+        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose every rejection is an [`ApiError`]: broken JSON → 400, a well-formed body that does
+/// not fit the type (missing, unknown or mistyped field) → 422 naming the field. The content type is not
+/// checked: `curl -d` sends form encoding by default and the body is what matters.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(crate::api::BODY_LIMIT),
+            other => ApiError::BadRequest(other.body_text()),
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                if path == "." {
+                    ApiError::InvalidField(format!("body: {inner}"))
+                } else {
+                    ApiError::InvalidField(format!("{path}: {inner}"))
+                }
+            }
+            _ => ApiError::BadRequest(format!("malformed JSON body: {inner}")),
+        }
+    })?;
+    Ok(value)
+}
+
+/// An id taken from the path. Anything that cannot be extracted cannot name an object: 404.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| PathId(id))
+            .map_err(|_| ApiError::not_found("object"))
+    }
+}

@@ -1,0 +1,221 @@
+//! The edge feed: a snapshot, then the changes after the edge's version, long-polled.
+//!
+//! Change rows only name objects; each answer resolves them to the objects' current rows inside one
+//! read transaction, so an answer is always a consistent state at its `version`.
+
+use std::collections::HashSet;
+use std::sync::Weak;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use portico_wire::{Change, FeedMessage, Settings, Snapshot};
+use serde::Deserialize;
+use sqlx::{AnyConnection, AnyPool};
+use tokio::time::Instant;
+
+use crate::api::ApiQuery;
+use crate::auth::EdgeKey;
+use crate::db::{self, now_ms, Kind, PreviewRow, SandboxRow, TenantRow};
+use crate::db::{PREVIEW_COLUMNS, SANDBOX_COLUMNS, TENANT_COLUMNS};
+use crate::error::ApiResult;
+use crate::{App, AppState};
+
+const DEFAULT_WAIT: u64 = 25;
+const MAX_WAIT: u64 = 60;
+/// Rows per answer; one version is never split, however many rows it has.
+const MAX_ROWS: usize = 5_000;
+/// A long-poll re-reads the version this often too, so changes committed by another control replica
+/// sharing the database arrive without that replica's in-process signal.
+const RECHECK: Duration = Duration::from_secs(1);
+const RETAIN_ROWS: i64 = 10_000;
+const RETAIN_MS: i64 = 24 * 60 * 60 * 1000;
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+pub struct FeedQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+pub async fn handler(
+    State(app): State<App>,
+    _: EdgeKey,
+    ApiQuery(query): ApiQuery<FeedQuery>,
+) -> ApiResult<Json<FeedMessage>> {
+    let wait = Duration::from_secs(query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT));
+    Ok(Json(long_poll(&app, query.since, wait).await?))
+}
+
+async fn long_poll(app: &AppState, since: u64, wait: Duration) -> ApiResult<FeedMessage> {
+    // Subscribe before reading, so a commit between the read and the wait still wakes us.
+    let mut rx = app.notify.subscribe();
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(message) = answer(&app.pool, since).await? {
+            return Ok(message);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(FeedMessage::Changes { version: since, changes: Vec::new() });
+        }
+        let tick = (deadline - now).min(RECHECK);
+        match tokio::time::timeout(tick, rx.changed()).await {
+            Ok(Ok(())) | Err(_) => {}
+            // The sender lives as long as the state; if it is gone, fall back to the timed re-check.
+            Ok(Err(_)) => tokio::time::sleep(tick).await,
+        }
+    }
+}
+
+/// The answer for an edge at `since`, or `None` when it is up to date.
+pub async fn answer(pool: &AnyPool, since: u64) -> ApiResult<Option<FeedMessage>> {
+    let mut tx = db::begin_read(pool).await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT version FROM feed_state WHERE id = 1").fetch_one(&mut *tx).await?;
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    if since == current && since != 0 {
+        return Ok(None);
+    }
+    let oldest: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(version) FROM changes").fetch_one(&mut *tx).await?;
+    // 0: a new edge. Ahead of us: the database was reset. Behind what is retained: the gap is lost.
+    let too_old = oldest.is_none_or(|oldest| since < oldest - 1);
+    if since == 0 || since > current || too_old {
+        let snapshot = snapshot(&mut tx, current).await?;
+        return Ok(Some(FeedMessage::Snapshot { snapshot }));
+    }
+    let rows = change_rows(&mut tx, since).await?;
+    let Some(version) = rows.last().map(|r| r.0) else { return Ok(None) };
+    let changes = resolve(&mut tx, &rows).await?;
+    Ok(Some(FeedMessage::Changes { version: u64::try_from(version).unwrap_or_default(), changes }))
+}
+
+async fn snapshot(conn: &mut AnyConnection, version: i64) -> ApiResult<Snapshot> {
+    let settings = db::settings(conn)
+        .await?
+        .unwrap_or(Settings { host_templates: Vec::new(), default_frame_ancestors: Vec::new() });
+    let tenants: Vec<TenantRow> =
+        sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id"))
+            .fetch_all(&mut *conn)
+            .await?;
+    let sandboxes: Vec<SandboxRow> =
+        sqlx::query_as(&format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY id"))
+            .fetch_all(&mut *conn)
+            .await?;
+    let previews: Vec<PreviewRow> =
+        sqlx::query_as(&format!("SELECT {PREVIEW_COLUMNS} FROM previews ORDER BY id"))
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(Snapshot {
+        version: u64::try_from(version).unwrap_or_default(),
+        settings,
+        tenants: tenants.iter().map(TenantRow::to_wire).collect::<ApiResult<_>>()?,
+        sandboxes: sandboxes.iter().map(SandboxRow::to_wire).collect::<ApiResult<_>>()?,
+        previews: previews.iter().map(PreviewRow::to_wire).collect::<ApiResult<_>>()?,
+    })
+}
+
+/// The change rows after `since`, at most [`MAX_ROWS`] unless one version alone has more, cut on a
+/// version boundary so that the answer's version is complete.
+async fn change_rows(conn: &mut AnyConnection, since: i64) -> ApiResult<Vec<(i64, String, String)>> {
+    let limit = i64::try_from(MAX_ROWS + 1).unwrap_or(i64::MAX);
+    let mut rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT version, kind, object_id FROM changes WHERE version > $1 ORDER BY version LIMIT $2",
+    )
+    .bind(since)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() <= MAX_ROWS {
+        return Ok(rows);
+    }
+    let cut = rows[MAX_ROWS].0;
+    rows.retain(|r| r.0 < cut);
+    if rows.is_empty() {
+        // One version bigger than a page (a large tenant deleted): send it whole.
+        rows = sqlx::query_as("SELECT version, kind, object_id FROM changes WHERE version = $1")
+            .bind(cut)
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    Ok(rows)
+}
+
+/// Turns change rows into changes carrying each object's current value, each object once. Parents are
+/// upserted before children and children deleted before parents.
+async fn resolve(conn: &mut AnyConnection, rows: &[(i64, String, String)]) -> ApiResult<Vec<Change>> {
+    let mut seen = HashSet::new();
+    let mut objects: Vec<(Kind, &str)> = Vec::new();
+    for (_, kind, id) in rows {
+        let Some(kind) = Kind::parse(kind) else {
+            tracing::warn!(kind = %kind, "unknown change kind in the database; skipped");
+            continue;
+        };
+        if seen.insert((kind, id.as_str())) {
+            objects.push((kind, id.as_str()));
+        }
+    }
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    for (kind, id) in objects {
+        match kind {
+            Kind::Settings => {
+                if let Some(settings) = db::settings(conn).await? {
+                    upserts.push((kind, Change::Settings { settings }));
+                }
+            }
+            Kind::Tenant => match db::tenant(conn, id).await? {
+                Some(row) => upserts.push((kind, Change::UpsertTenant { tenant: row.to_wire()? })),
+                None => deletes.push((kind, Change::DeleteTenant { id: id.to_string() })),
+            },
+            Kind::Sandbox => match db::sandbox(conn, id).await? {
+                Some(row) => upserts.push((kind, Change::UpsertSandbox { sandbox: row.to_wire()? })),
+                None => deletes.push((kind, Change::DeleteSandbox { id: id.to_string() })),
+            },
+            Kind::Preview => match db::preview(conn, id).await? {
+                Some(row) => upserts.push((kind, Change::UpsertPreview { preview: row.to_wire()? })),
+                None => deletes.push((kind, Change::DeletePreview { id: id.to_string() })),
+            },
+        }
+    }
+    // Stable sorts keep the commit order within one kind.
+    upserts.sort_by_key(|(k, _)| *k);
+    deletes.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+    Ok(upserts.into_iter().chain(deletes).map(|(_, c)| c).collect())
+}
+
+/// Deletes change rows older than a day, keeping at least the last [`RETAIN_ROWS`], whole versions only.
+pub async fn prune(pool: &AnyPool, now_ms: i64) -> ApiResult<u64> {
+    let keep_from: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM changes ORDER BY version DESC LIMIT 1 OFFSET $1")
+            .bind(RETAIN_ROWS - 1)
+            .fetch_optional(pool)
+            .await?;
+    let Some(keep_from) = keep_from else { return Ok(0) };
+    let old: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM changes WHERE created_at < $1")
+        .bind(now_ms - RETAIN_MS)
+        .fetch_one(pool)
+        .await?;
+    let Some(old) = old else { return Ok(0) };
+    let below = (old + 1).min(keep_from);
+    let done = sqlx::query("DELETE FROM changes WHERE version < $1").bind(below).execute(pool).await?;
+    Ok(done.rows_affected())
+}
+
+/// Prunes every minute while the control service is alive.
+pub async fn prune_forever(state: Weak<AppState>) {
+    let mut interval = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        interval.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        if let Err(e) = prune(&state.pool, now_ms()).await {
+            tracing::warn!(error = %e, "pruning old feed changes failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+use super::*;
+
+async fn pool() -> AnyPool {
+    db::open("sqlite::memory:").await.expect("in-memory db")
+}
+
+/// Inserts change rows for sandboxes that do not exist (so they resolve to deletes) and sets the version.
+async fn add_changes(pool: &AnyPool, rows: &[(i64, &str)], created_at: i64) {
+    for (version, id) in rows {
+        sqlx::query(
+            "INSERT INTO changes (version, kind, object_id, created_at) VALUES ($1, 'sandbox', $2, $3)",
+        )
+        .bind(*version)
+        .bind(*id)
+        .bind(created_at)
+        .execute(pool)
+        .await
+        .expect("insert");
+    }
+    let max = rows.iter().map(|r| r.0).max().unwrap_or(0);
+    sqlx::query("UPDATE feed_state SET version = $1 WHERE id = 1")
+        .bind(max)
+        .execute(pool)
+        .await
+        .expect("bump");
+}
+
+async fn count(pool: &AnyPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM changes").fetch_one(pool).await.expect("count")
+}
+
+#[tokio::test]
+async fn answers_are_cut_on_a_version_boundary() {
+    let pool = pool().await;
+    let mut rows: Vec<(i64, String)> = (1..=4_999).map(|i| (i, format!("s{i}"))).collect();
+    // Version 5000 has three rows: the page would split it, so it waits for the next answer.
+    rows.extend((0..3).map(|i| (5_000, format!("big{i}"))));
+    let rows: Vec<(i64, &str)> = rows.iter().map(|(v, s)| (*v, s.as_str())).collect();
+    add_changes(&pool, &rows, now_ms()).await;
+    let Some(FeedMessage::Changes { version, changes }) = answer(&pool, 1).await.expect("answer") else {
+        panic!("expected changes")
+    };
+    assert_eq!(version, 4_999);
+    assert_eq!(changes.len(), 4_998);
+    let Some(FeedMessage::Changes { version, changes }) = answer(&pool, 4_999).await.expect("answer") else {
+        panic!("expected changes")
+    };
+    assert_eq!((version, changes.len()), (5_000, 3));
+}
+
+#[tokio::test]
+async fn one_version_larger_than_a_page_is_sent_whole() {
+    let pool = pool().await;
+    let ids: Vec<String> = (0..5_002).map(|i| format!("s{i}")).collect();
+    let mut rows: Vec<(i64, &str)> = vec![(1, "first")];
+    rows.extend(ids.iter().map(|s| (2, s.as_str())));
+    add_changes(&pool, &rows, now_ms()).await;
+    let Some(FeedMessage::Changes { version, changes }) = answer(&pool, 1).await.expect("answer") else {
+        panic!("expected changes")
+    };
+    assert_eq!((version, changes.len()), (2, 5_002));
+}
+
+#[tokio::test]
+async fn an_edge_behind_the_retained_changes_gets_a_snapshot() {
+    let pool = pool().await;
+    add_changes(&pool, &[(5, "a"), (6, "b")], now_ms()).await;
+    assert!(matches!(answer(&pool, 4).await.expect("answer"), Some(FeedMessage::Changes { version: 6, .. })));
+    assert!(matches!(answer(&pool, 3).await.expect("answer"), Some(FeedMessage::Snapshot { .. })));
+    assert!(answer(&pool, 6).await.expect("answer").is_none());
+}
+
+#[tokio::test]
+async fn pruning_drops_old_rows_but_keeps_the_last_ten_thousand() {
+    let pool = pool().await;
+    let day_ago = now_ms() - RETAIN_MS - 1;
+    let ids: Vec<String> = (0..10_050).map(|i| format!("s{i}")).collect();
+    let rows: Vec<(i64, &str)> = ids.iter().enumerate().map(|(i, s)| (i as i64 + 1, s.as_str())).collect();
+    add_changes(&pool, &rows, day_ago).await;
+    assert_eq!(prune(&pool, now_ms()).await.expect("prune"), 50);
+    assert_eq!(count(&pool).await, 10_000);
+    // Recent rows are never pruned, however many.
+    let pool = pool_with_recent().await;
+    assert_eq!(prune(&pool, now_ms()).await.expect("prune"), 0);
+}
+
+async fn pool_with_recent() -> AnyPool {
+    let pool = pool().await;
+    let ids: Vec<String> = (0..10_010).map(|i| format!("s{i}")).collect();
+    let rows: Vec<(i64, &str)> = ids.iter().enumerate().map(|(i, s)| (i as i64 + 1, s.as_str())).collect();
+    add_changes(&pool, &rows, now_ms()).await;
+    pool
+}
