@@ -1,0 +1,84 @@
+//! Every way a request can end at the edge instead of reaching a sandbox, and its SPEC §4 code and status.
+//! `pages` turns one of these into a response; nothing else decides codes or statuses.
+
+/// Why the edge answered itself.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    #[error("There is nothing here. The preview may have been deleted or the address mistyped.")]
+    NotFound,
+    #[error("This preview is private. Open it from the app that shared it, or add a valid token.")]
+    TokenRequired,
+    #[error("The token is not valid for this preview.")]
+    TokenInvalid,
+    #[error("The token for this preview has expired.")]
+    TokenExpired,
+    #[error("Too many requests. Try again in {retry_after_secs} s.")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("The sandbox did not start in time.")]
+    WakeTimeout,
+    #[error("The sandbox could not be started.")]
+    WakeFailed,
+    #[error("The sandbox is asleep and is not set to wake on request.")]
+    SandboxHibernated,
+    #[error("Nothing is listening on port {port} yet.")]
+    UpstreamUnreachable { port: u16 },
+    #[error("The app on port {port} did not answer in time.")]
+    UpstreamTimeout { port: u16 },
+    #[error("The request could not be understood.")]
+    BadRequest,
+}
+
+impl EdgeError {
+    /// The SPEC's error code, sent in `X-Edge-Error` and the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::TokenRequired => "token_required",
+            Self::TokenInvalid => "token_invalid",
+            Self::TokenExpired => "token_expired",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::WakeTimeout => "wake_timeout",
+            Self::WakeFailed => "wake_failed",
+            Self::SandboxHibernated => "sandbox_hibernated",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::BadRequest => "bad_request",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NotFound => 404,
+            Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired => 401,
+            Self::RateLimited { .. } => 429,
+            Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => 503,
+            Self::UpstreamUnreachable { .. } => 502,
+            Self::UpstreamTimeout { .. } => 504,
+            Self::BadRequest => 400,
+        }
+    }
+
+    /// A short title for the HTML page.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Self::NotFound => "Not found",
+            Self::TokenRequired => "Sign-in required",
+            Self::TokenInvalid => "Access denied",
+            Self::TokenExpired => "Link expired",
+            Self::RateLimited { .. } => "Slow down",
+            Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => "Sandbox unavailable",
+            Self::UpstreamUnreachable { .. } => "Starting up",
+            Self::UpstreamTimeout { .. } => "Timed out",
+            Self::BadRequest => "Bad request",
+        }
+    }
+
+    /// Maps a Pingora failure while reaching the upstream to the SPEC's code.
+    pub fn from_upstream(e: &pingora::Error, port: u16) -> Self {
+        use pingora::ErrorType::*;
+        match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout => Self::UpstreamTimeout { port },
+            _ => Self::UpstreamUnreachable { port },
+        }
+    }
+}

@@ -1,0 +1,81 @@
+use super::*;
+use portico_wire::{Preview, Sandbox, SandboxState, Settings, Tenant, WakePolicy};
+
+fn snap() -> Snapshot {
+    let tenant = |id: &str, domain: Option<&str>| Tenant {
+        id: id.into(),
+        branding: None,
+        frame_ancestors: None,
+        rate_limits: Default::default(),
+        preview_domain: domain.map(Into::into),
+    };
+    let sandbox = |id: &str, tenant: &str| Sandbox {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        address: "127.0.0.2".into(),
+        state: SandboxState::Running,
+        default_visibility: Visibility::Private,
+        wake_policy: WakePolicy::OnRequest,
+        preview_auth_sha256: None,
+    };
+    Snapshot::from_wire(wire::Snapshot {
+        version: 1,
+        settings: Settings {
+            host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
+            default_frame_ancestors: vec![],
+        },
+        tenants: vec![tenant("tn_a", Some("preview.acme.dev")), tenant("tn_b", None)],
+        sandboxes: vec![sandbox("sbxa0001", "tn_a"), sandbox("sbxb0001", "tn_b")],
+        previews: vec![
+            Preview {
+                id: "pv_a".into(),
+                slug: "slugaaaa".into(),
+                tenant_id: "tn_a".into(),
+                sandbox_id: "sbxa0001".into(),
+                port: 5173,
+                visibility: Visibility::Public,
+            },
+            Preview {
+                id: "pv_b".into(),
+                slug: "slugbbbb".into(),
+                tenant_id: "tn_b".into(),
+                sandbox_id: "sbxb0001".into(),
+                port: 8000,
+                visibility: Visibility::Public,
+            },
+        ],
+    })
+    .expect("compiles")
+}
+
+#[test]
+fn sandbox_port_host_follows_the_sandbox_visibility() {
+    let r = resolve(&snap(), "3000-sbxa0001.sandbox.localhost:8080").expect("routes");
+    assert_eq!((r.sandbox.id.as_str(), r.port, r.visibility), ("sbxa0001", 3000, Visibility::Private));
+    assert_eq!(r.tenant.tenant.id, "tn_a");
+}
+
+#[test]
+fn preview_slug_routes_to_its_port_with_its_visibility() {
+    let r = resolve(&snap(), "SLUGAAAA.preview.localhost").expect("routes");
+    assert_eq!((r.port, r.visibility, r.kind), (5173, Visibility::Public, RouteKind::Preview));
+}
+
+#[test]
+fn verified_tenant_domain_routes_only_its_own_previews() {
+    assert_eq!(resolve(&snap(), "slugaaaa.preview.acme.dev").expect("routes").port, 5173);
+    assert_eq!(resolve(&snap(), "slugbbbb.preview.acme.dev").err(), Some(EdgeError::NotFound));
+}
+
+#[test]
+fn unknown_hosts_sandboxes_and_slugs_are_not_found() {
+    for host in [
+        "example.com",
+        "3000-nosuch00.sandbox.localhost",
+        "nosuch00.preview.localhost",
+        "",
+        "a.b.apps.localhost",
+    ] {
+        assert_eq!(resolve(&snap(), host).err(), Some(EdgeError::NotFound), "{host}");
+    }
+}
