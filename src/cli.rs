@@ -1,0 +1,314 @@
+//! Flags (every one also read from `PORTICO_<FLAG>`), and how each command starts its parts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portico_control::{Control, ControlConfig};
+use portico_edge::EdgeConfig;
+use portico_wire::{HostTemplate, DEFAULT_HOST_TEMPLATES};
+
+#[derive(Parser, Debug)]
+#[command(name = "portico", version, about = "The front door of a cloud-sandbox platform")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Control and edge in one process, for one node and for trying Portico out.
+    Up(UpArgs),
+    /// The control service: JSON API, database, and the feed that edges follow.
+    Control(ControlArgs),
+    /// An edge node: routes preview hosts to sandboxes, fed by control.
+    Edge(EdgeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Host template mapping hosts to routes (repeatable; the first `{slug}` one makes preview URLs).
+    #[arg(long = "host-template", env = "PORTICO_HOST_TEMPLATE", value_delimiter = ',', global = true)]
+    host_templates: Vec<String>,
+    /// CSP frame-ancestors sources for tenants that set none, space-separated.
+    #[arg(long, env = "PORTICO_DEFAULT_FRAME_ANCESTORS", default_value = "'self'", global = true)]
+    default_frame_ancestors: String,
+    /// Log format.
+    #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Validate the flags and exit.
+    #[arg(long, env = "PORTICO_CHECK", global = true)]
+    check: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// Where the database, keys and the edge's saved state live.
+    #[arg(long, env = "PORTICO_DATA_DIR", default_value = "./portico-data")]
+    data_dir: PathBuf,
+    /// The edge's HTTP listener.
+    #[arg(long, env = "PORTICO_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// The control API's listener.
+    #[arg(long, env = "PORTICO_CONTROL_LISTEN", default_value = "127.0.0.1:7070")]
+    control_listen: SocketAddr,
+    /// The metrics listener (`GET /metrics`).
+    #[arg(long, env = "PORTICO_METRICS", default_value = "127.0.0.1:9090")]
+    metrics: SocketAddr,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// The control API's listener.
+    #[arg(long, env = "PORTICO_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://<data-dir>/portico.db`.
+    #[arg(long, env = "PORTICO_DATABASE")]
+    database: Option<String>,
+    /// Where generated keys (and the default SQLite database) are kept.
+    #[arg(long, env = "PORTICO_DATA_DIR", default_value = "./portico-data")]
+    data_dir: PathBuf,
+    /// Scheme of the preview URLs control hands out.
+    #[arg(long, env = "PORTICO_PUBLIC_SCHEME", default_value = "http")]
+    public_scheme: String,
+    /// Port of the preview URLs control hands out, when not the scheme's default.
+    #[arg(long, env = "PORTICO_PUBLIC_PORT")]
+    public_port: Option<u16>,
+    /// Host name that tenant preview domains must CNAME to.
+    #[arg(long, env = "PORTICO_CNAME_TARGET", default_value = "edge.portico.localhost")]
+    cname_target: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct EdgeArgs {
+    /// Control service URL (repeatable: the edge fails over between them).
+    #[arg(
+        long = "control-url",
+        env = "PORTICO_CONTROL_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070"
+    )]
+    control_urls: Vec<String>,
+    /// HTTP listener.
+    #[arg(long, env = "PORTICO_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Metrics listener (`GET /metrics`).
+    #[arg(long, env = "PORTICO_METRICS", default_value = "127.0.0.1:9090")]
+    metrics: SocketAddr,
+    /// Where the last routing state is kept, to serve through control outages and restarts.
+    #[arg(long, env = "PORTICO_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "PORTICO_THREADS")]
+    threads: Option<usize>,
+    /// Seconds an upstream may take to send its response header before the edge answers 504.
+    #[arg(long, env = "PORTICO_UPSTREAM_TIMEOUT", default_value_t = 60)]
+    upstream_timeout: u64,
+    /// Take over the listening sockets of a running edge (zero-downtime upgrade).
+    #[arg(long, env = "PORTICO_UPGRADE")]
+    upgrade: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+impl Cli {
+    pub fn common(&self) -> &Common {
+        match &self.command {
+            Command::Up(a) => &a.common,
+            Command::Control(a) => &a.common,
+            Command::Edge(a) => &a.common,
+        }
+    }
+}
+
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(a) => up(a),
+        Command::Control(a) => control(a),
+        Command::Edge(a) => edge(a),
+    }
+}
+
+impl Common {
+    /// Host templates, defaulted and validated.
+    fn host_templates(&self) -> anyhow::Result<Vec<String>> {
+        let templates: Vec<String> = if self.host_templates.is_empty() {
+            DEFAULT_HOST_TEMPLATES.iter().map(|t| t.to_string()).collect()
+        } else {
+            self.host_templates.clone()
+        };
+        for t in &templates {
+            HostTemplate::parse(t)?;
+        }
+        Ok(templates)
+    }
+
+    fn frame_ancestors(&self) -> Vec<String> {
+        self.default_frame_ancestors.split_ascii_whitespace().map(str::to_string).collect()
+    }
+}
+
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<ControlConfig> {
+    if !matches!(a.public_scheme.as_str(), "http" | "https") {
+        bail!("--public-scheme must be http or https");
+    }
+    let database_url = match &a.database {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", a.data_dir.join("portico.db").display()),
+    };
+    Ok(ControlConfig {
+        database_url,
+        data_dir: a.data_dir.clone(),
+        admin_key: env_secret("PORTICO_ADMIN_KEY"),
+        edge_token: env_secret("PORTICO_EDGE_TOKEN"),
+        host_templates: a.common.host_templates()?,
+        default_frame_ancestors: a.common.frame_ancestors(),
+        public_scheme: a.public_scheme.clone(),
+        public_port: public_port.or(a.public_port),
+        cname_target: a.cname_target.clone(),
+    })
+}
+
+/// Runs control until SIGINT/SIGTERM.
+fn control(a: ControlArgs) -> anyhow::Result<()> {
+    let config = control_config(&a, None)?;
+    if a.common.check {
+        println!("flags ok");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let control = Control::start(config).await?;
+        let listener =
+            tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        tracing::info!(listen = %a.listen, "control listening");
+        axum::serve(listener, control.router()).with_graceful_shutdown(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn edge_threads(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Runs an edge until SIGTERM (graceful) or SIGINT (fast).
+fn edge(a: EdgeArgs) -> anyhow::Result<()> {
+    a.common.host_templates()?;
+    let edge_token =
+        env_secret("PORTICO_EDGE_TOKEN").context("PORTICO_EDGE_TOKEN must be set for an edge")?;
+    let config = EdgeConfig {
+        control_urls: a.control_urls,
+        edge_token,
+        http: a.http.to_string(),
+        metrics: Some(a.metrics.to_string()),
+        state_dir: a.state_dir,
+        upgrade: a.upgrade,
+        threads: edge_threads(a.threads),
+        upstream_timeout: std::time::Duration::from_secs(a.upstream_timeout.max(1)),
+    };
+    if a.common.check {
+        println!("flags ok");
+        return Ok(());
+    }
+    portico_edge::server(config)?.run_forever()
+}
+
+/// Control on its own runtime thread, then the edge on the main thread, following it over loopback.
+fn up(a: UpArgs) -> anyhow::Result<()> {
+    let control_args = ControlArgs {
+        listen: a.control_listen,
+        database: None,
+        data_dir: a.data_dir.clone(),
+        public_scheme: "http".into(),
+        public_port: None,
+        cname_target: "edge.portico.localhost".into(),
+        common: a.common,
+    };
+    let config = control_config(&control_args, Some(a.http.port()))?;
+    if control_args.common.check {
+        println!("flags ok");
+        return Ok(());
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();
+    let listen = a.control_listen;
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let started = async {
+                let control = Control::start(config).await?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                anyhow::Ok((control, listener))
+            };
+            match started.await {
+                Ok((control, listener)) => {
+                    let _ = ready_tx.send(Ok(control.edge_token().to_string()));
+                    tracing::info!(listen = %listen, "control listening");
+                    if let Err(e) = axum::serve(listener, control.router()).await {
+                        tracing::error!(error = %e, "control stopped");
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+    })?;
+    let edge_token = ready_rx.recv().context("control did not start")??;
+    let config = EdgeConfig {
+        control_urls: vec![format!("http://{}", a.control_listen)],
+        edge_token,
+        http: a.http.to_string(),
+        metrics: Some(a.metrics.to_string()),
+        state_dir: Some(a.data_dir.join("edge")),
+        upgrade: false,
+        threads: edge_threads(None),
+        upstream_timeout: std::time::Duration::from_secs(60),
+    };
+    tracing::info!(http = %a.http, "edge listening; try http://3000-<sandbox>.sandbox.localhost:{}", a.http.port());
+    portico_edge::server(config)?.run_forever()
+}

@@ -1,0 +1,22 @@
+//! `portico`: the edge, the control service, or both in one process (`up`). SPEC §1.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cli::init_logs(cli.common().log_format);
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portico: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The feed between control and edges: propagation, outages, restarts, catching up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sandbox::FakeSandbox;
+use common::{sandbox_ip, until_status, Control, Edge, Stack};
+use serde_json::json;
+
+#[tokio::test]
+async fn changes_reach_the_edge_within_1s() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let sb =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let id = sb["id"].as_str().unwrap();
+    let client = stack.edge.client();
+    let mut delays = Vec::new();
+    for _ in 0..20 {
+        let p = tenant
+            .ok("POST", &format!("/v1/sandboxes/{id}/previews"), Some(json!({"port": fake.port()})), 201)
+            .await;
+        let created = Instant::now();
+        let url = stack.edge.url(&format!("{}.preview.localhost", p["slug"].as_str().unwrap()), "/");
+        loop {
+            if client.get(&url).send().await.map(|r| r.status() == 200).unwrap_or(false) {
+                break;
+            }
+            assert!(created.elapsed() < Duration::from_secs(1), "change not in force within 1 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        delays.push(created.elapsed());
+    }
+    delays.sort();
+    println!("propagation over 20 changes: p50 {:?}, max {:?}", delays[10], delays[19]);
+}
+
+#[tokio::test]
+async fn edge_keeps_serving_when_control_dies_and_after_its_own_restart() {
+    let mut stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let sb =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let url =
+        stack.edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
+    until_status(&stack.edge.client(), &url, 200, Duration::from_secs(1)).await;
+    // Let the edge write its state dir (it saves at most about once a second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    stack.control.proc.kill();
+    for _ in 0..5 {
+        assert_eq!(stack.edge.client().get(&url).send().await.expect("edge up").status(), 200);
+    }
+
+    // A restarted edge with control still down serves from its state dir.
+    stack.edge.proc.kill();
+    let edge = Edge::start(&stack.control.url, &stack.edge.state_dir).await;
+    let url = edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
+    assert_eq!(edge.client().get(&url).send().await.expect("edge up").status(), 200);
+    assert!(edge.metric("portico_config_age_seconds").await.expect("age") >= 1.0);
+}
+
+#[tokio::test]
+async fn edge_catches_up_with_changes_made_while_it_was_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut control = Control::start(&dir.path().join("control")).await;
+    let edge = Edge::start(&control.url, &dir.path().join("edge")).await;
+    let admin = common::Api::admin(&control.url);
+    let tenant = admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let a =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let url_a = edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), a["id"].as_str().unwrap()), "/");
+    until_status(&edge.client(), &url_a, 200, Duration::from_secs(1)).await;
+
+    // Control goes away and comes back on the same address and database.
+    control.proc.kill();
+    let control = Control::start_on(&dir.path().join("control"), control.port).await;
+    let tenant = tenant.with_key(&tenant.key);
+    assert_eq!(tenant.url, control.url);
+    let b =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    tenant.ok("DELETE", &format!("/v1/sandboxes/{}", a["id"].as_str().unwrap()), None, 204).await;
+
+    let url_b = edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), b["id"].as_str().unwrap()), "/");
+    // The edge's retry backoff is at most 5 s; it must then see both changes, in order.
+    until_status(&edge.client(), &url_b, 200, Duration::from_secs(8)).await;
+    until_status(&edge.client(), &url_a, 404, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn feed_refuses_a_wrong_edge_token() {
+    let stack = Stack::start().await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/edge/feed?since=0", stack.control.url))
+        .bearer_auth("not-the-edge-token")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401);
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/edge/feed?since=0", stack.control.url))
+        .bearer_auth(common::ADMIN_KEY)
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(resp.status(), 401, "the admin key is not an edge token");
+}
+
+#[tokio::test]
+async fn edge_stops_promptly_on_sigterm() {
+    let mut stack = Stack::start().await;
+    let took = stack.edge.proc.terminate();
+    assert!(took < Duration::from_secs(10), "edge took {took:?} to stop");
+    let took = stack.control.proc.terminate();
+    assert!(took < Duration::from_secs(10), "control took {took:?} to stop");
+}
