@@ -304,3 +304,23 @@ async fn private_sandbox_needs_its_token_and_the_upstream_never_sees_it() {
         assert!(!echo.to_string().contains(&token), "{name} reached the sandbox");
     }
 }
+
+#[tokio::test]
+async fn logs_name_requests_but_never_a_credential() {
+    let stack = Stack::start().await;
+    let (_, fake, id) = public_sandbox(&stack).await;
+    let client = stack.edge.client();
+    let secret = "credential-in-query-0123456789";
+    let closed = common::free_port();
+    for port in [fake.port(), closed] {
+        let url = stack.edge.url(
+            &format!("{port}-{id}.sandbox.localhost"),
+            &format!("/logged?token={secret}&preview_token={secret}"),
+        );
+        client.get(url).header("x-portico-preview-token", secret).send().await.expect("req");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = stack.edge.log();
+    assert!(log.contains("/logged"), "one access-log line per request:\n{log}");
+    assert!(!log.contains(secret), "a credential reached the log:\n{log}");
+}

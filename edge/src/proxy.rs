@@ -172,6 +172,12 @@ impl ProxyHttp for Edge {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
+    /// Pingora's error log line for this request: no query string, since it may carry a credential.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!("{} {}, Host: {}", req.method, req.uri.path(), request_host(req).unwrap_or("-"))
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let (tenant, kind) = match &ctx.route {

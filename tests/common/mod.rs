@@ -73,6 +73,12 @@ pub fn portico() -> Command {
     c
 }
 
+/// Sends the process's log (stderr, at `info`) to `path`, for tests that read what was logged.
+pub fn log_to(c: &mut Command, path: &Path) {
+    let file = std::fs::File::create(path).expect("log file");
+    c.env("RUST_LOG", "info").stderr(Stdio::from(file));
+}
+
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -133,6 +139,11 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// Everything the edge logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.with_extension("log")).unwrap_or_default()
+    }
+
     pub async fn start(control_url: &str, state_dir: &Path) -> Edge {
         Self::start_with(control_url, state_dir, &[]).await
     }
@@ -140,7 +151,10 @@ impl Edge {
     pub async fn start_with(control_url: &str, state_dir: &Path, extra: &[&str]) -> Edge {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let child = portico()
+        std::fs::create_dir_all(state_dir).expect("state dir");
+        let mut cmd = portico();
+        log_to(&mut cmd, &state_dir.with_extension("log"));
+        let child = cmd
             .args(["edge", "--control-url", control_url, "--threads", "1"])
             .args(["--http", &addr.to_string(), "--metrics", &metrics.to_string()])
             .arg("--state-dir")
