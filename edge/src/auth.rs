@@ -7,6 +7,7 @@ use ring::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
 
 use crate::error::EdgeError;
+use crate::metrics;
 use crate::route::Route;
 
 pub const SESSION_COOKIE: &str = "preview_session";
@@ -86,6 +87,16 @@ pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
 /// Checks a private route's credentials: the first one that opens it wins; otherwise the most telling
 /// failure (expired over invalid).
 pub fn authenticate(route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
+    let result = first_valid(route, offered);
+    let (kind, outcome) = match &result {
+        Ok(g) => (g.kind.label(), "ok"),
+        Err(e) => ("any", e.code()),
+    };
+    metrics::TOKEN_CHECKS.with_label_values(&[kind, outcome]).inc();
+    result
+}
+
+fn first_valid(route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
     if offered.is_empty() {
         return Err(EdgeError::TokenRequired);
     }

@@ -43,20 +43,18 @@ pub struct Ctx {
 
 impl Edge {
     /// Steps 1–4. `Err` is the answer the edge gives instead of proxying.
-    fn admit(&self, req: &RequestHeader, ctx: &mut Ctx) -> Result<(), EdgeError> {
+    async fn admit(&self, session: &Session, ctx: &mut Ctx) -> Result<(), EdgeError> {
+        let req = session.req_header();
+        // 1. Route.
         let route = route::resolve(&ctx.snap, request_host(req).ok_or(EdgeError::NotFound)?)?;
         ctx.route = Some(route.clone());
 
+        // 3. Authenticate private routes.
         if route.visibility == Visibility::Private {
-            let result = auth::authenticate(&route, auth::candidates(req));
-            let (kind, outcome) = match &result {
-                Ok(g) => (g.kind.label(), "ok"),
-                Err(e) => ("any", e.code()),
-            };
-            metrics::TOKEN_CHECKS.with_label_values(&[kind, outcome]).inc();
-            ctx.grant = Some(result?);
+            ctx.grant = Some(auth::authenticate(&route, auth::candidates(req))?);
         }
 
+        // 4. Wake.
         match (route.sandbox.state, route.sandbox.wake_policy) {
             (SandboxState::Running, _) => Ok(()),
             (_, WakePolicy::Off) => Err(EdgeError::SandboxHibernated),
@@ -94,7 +92,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match self.admit(session.req_header(), ctx) {
+        match self.admit(session, ctx).await {
             Ok(()) => {
                 if session.is_upgrade_req() {
                     session.set_read_timeout(Some(WEBSOCKET_IDLE));
