@@ -1,39 +1,6 @@
-use std::sync::Arc;
-
-use portico_wire::{Sandbox, SandboxState, Tenant, Visibility, WakePolicy};
-
 use super::*;
-use crate::route::RouteKind;
-use crate::state::TenantEntry;
 
 const TOKEN: &str = "sandbox-token-0123456789";
-
-fn route() -> Route {
-    Route {
-        kind: RouteKind::SandboxPort,
-        tenant: Arc::new(TenantEntry {
-            tenant: Tenant {
-                id: "tn_a".into(),
-                branding: None,
-                frame_ancestors: None,
-                rate_limits: Default::default(),
-                preview_domain: None,
-            },
-            frame_ancestors: String::new(),
-        }),
-        sandbox: Arc::new(Sandbox {
-            id: "abcd1234".into(),
-            tenant_id: "tn_a".into(),
-            address: "127.0.0.2".into(),
-            state: SandboxState::Running,
-            default_visibility: Visibility::Private,
-            wake_policy: WakePolicy::OnRequest,
-            preview_auth_sha256: Some(hex::encode(digest(&SHA256, TOKEN.as_bytes()))),
-        }),
-        port: 3000,
-        visibility: Visibility::Private,
-    }
-}
 
 fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
     let mut req = RequestHeader::build("GET", uri.as_bytes(), None).expect("req");
@@ -43,41 +10,59 @@ fn request(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
     req
 }
 
-fn outcome(req: &RequestHeader) -> Result<Transport, EdgeError> {
-    authenticate(&route(), candidates(req)).map(|g| g.credential.transport)
+fn transports(req: &RequestHeader) -> Vec<(Transport, String)> {
+    candidates(req).into_iter().map(|c| (c.transport, c.token)).collect()
+}
+
+fn grant(transport: Transport) -> Grant {
+    Grant { kind: Kind::PreviewAuth, credential: Credential { token: TOKEN.into(), transport }, remaining_secs: 60 }
 }
 
 #[test]
-fn every_transport_carries_the_sandbox_token() {
-    let q = format!("/?token={TOKEN}");
-    assert_eq!(outcome(&request(&q, &[])), Ok(Transport::Query));
-    let q = format!("/x?a=1&preview_token={TOKEN}");
-    assert_eq!(outcome(&request(&q, &[])), Ok(Transport::Query));
-    for h in HEADERS {
-        assert_eq!(outcome(&request("/", &[(h, TOKEN)])), Ok(Transport::Header), "{h}");
-    }
+fn every_transport_is_read_in_the_specs_order() {
     let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(outcome(&request("/", &[("authorization", &bearer)])), Ok(Transport::Bearer));
-    let cookie = format!("a=b; {SESSION_COOKIE}={TOKEN}");
-    assert_eq!(outcome(&request("/", &[("cookie", &cookie)])), Ok(Transport::Cookie));
+    let cookie = format!("a=b; {SESSION_COOKIE}=c%20d");
+    let req = request(
+        "/?x=1&token=q1&preview_token=q2",
+        &[("x-oc-preview-token", "h1"), ("authorization", &bearer), ("cookie", &cookie)],
+    );
+    assert_eq!(
+        transports(&req),
+        vec![
+            (Transport::Query, "q1".into()),
+            (Transport::Query, "q2".into()),
+            (Transport::Header, "h1".into()),
+            (Transport::Bearer, TOKEN.into()),
+            (Transport::Cookie, "c d".into()),
+        ]
+    );
+    for h in HEADERS {
+        assert_eq!(transports(&request("/", &[(h, TOKEN)])), vec![(Transport::Header, TOKEN.into())], "{h}");
+    }
 }
 
 #[test]
-fn missing_and_wrong_tokens_are_refused() {
-    assert_eq!(outcome(&request("/", &[])), Err(EdgeError::TokenRequired));
-    assert_eq!(outcome(&request("/?token=", &[])), Err(EdgeError::TokenRequired));
-    assert_eq!(outcome(&request("/?token=nope", &[])), Err(EdgeError::TokenInvalid));
+fn empty_values_and_floods_of_candidates_are_bounded() {
+    assert!(candidates(&request("/?token=&preview_token=", &[])).is_empty());
+    let many = (0..50).map(|i| format!("token=t{i}")).collect::<Vec<_>>().join("&");
+    assert_eq!(candidates(&request(&format!("/?{many}"), &[])).len(), MAX_CANDIDATES);
 }
 
 #[test]
-fn the_apps_own_authorization_does_not_block_a_valid_cookie() {
-    let cookie = format!("{SESSION_COOKIE}={TOKEN}");
-    let req = request("/", &[("authorization", "Bearer app-jwt"), ("cookie", &cookie)]);
-    let grant = authenticate(&route(), candidates(&req)).expect("cookie opens it");
-    let mut req = req;
-    strip(&mut req, Some(&grant)).expect("strips");
+fn the_apps_own_authorization_passes_when_something_else_opened_the_route() {
+    let mut req = request("/", &[("authorization", "Bearer app-jwt"), ("cookie", "preview_session=x")]);
+    strip(&mut req, Some(&grant(Transport::Cookie))).expect("strips");
     assert_eq!(req.headers.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer app-jwt"));
     assert!(req.headers.get("cookie").is_none());
+}
+
+#[test]
+fn our_token_formats_never_pass_in_authorization() {
+    for t in ["mp_abc.def", "ms_abc", "ps1.sh.1.mac"] {
+        let mut req = request("/", &[("authorization", &format!("Bearer {t}"))]);
+        strip(&mut req, None).expect("strips");
+        assert!(req.headers.get("authorization").is_none(), "{t}");
+    }
 }
 
 #[test]
@@ -85,36 +70,31 @@ fn strip_removes_every_credential_and_keeps_the_rest_in_order() {
     let q = format!("/p?a=1&token={TOKEN}&b=2&preview_token=x&c");
     let cookie = format!("x=1; {SESSION_COOKIE}={TOKEN}; y=2");
     let bearer = format!("Bearer {TOKEN}");
-    let mut req =
-        request(&q, &[("x-portico-preview-token", "t"), ("cookie", &cookie), ("authorization", &bearer)]);
-    let grant = authenticate(&route(), candidates(&req)).expect("valid");
-    strip(&mut req, Some(&grant)).expect("strips");
+    let mut req = request(&q, &[("x-portico-preview-token", "t"), ("cookie", &cookie), ("authorization", &bearer)]);
+    strip(&mut req, Some(&grant(Transport::Bearer))).expect("strips");
     assert_eq!(req.uri.to_string(), "/p?a=1&b=2&c");
     assert!(req.headers.get("x-portico-preview-token").is_none());
+    assert!(req.headers.get("authorization").is_none());
     assert_eq!(req.headers.get("cookie").and_then(|v| v.to_str().ok()), Some("x=1; y=2"));
-    // The query credential opened the route, so the app's Authorization stays.
-    assert!(req.headers.get("authorization").is_some());
+    assert_eq!(location_without_credentials(&request(&format!("/p?token={TOKEN}"), &[])), "/p");
 }
 
 #[test]
 fn a_query_credential_sets_a_partitioned_session_cookie() {
-    let req = request(&format!("/?token={TOKEN}"), &[]);
-    let grant = authenticate(&route(), candidates(&req)).expect("valid");
-    let cookie = session_cookie(&grant).expect("cookie");
-    assert!(cookie.starts_with(&format!(
-        "{SESSION_COOKIE}={TOKEN}; Path=/; HttpOnly; Secure; SameSite=None; Partitioned; Max-Age="
-    )));
-    let req = request("/", &[("x-portico-preview-token", TOKEN)]);
-    let grant = authenticate(&route(), candidates(&req)).expect("valid");
-    assert_eq!(session_cookie(&grant), None);
+    let cookie = session_cookie(&grant(Transport::Query)).expect("cookie");
+    assert_eq!(
+        cookie,
+        format!("{SESSION_COOKIE}={TOKEN}; Path=/; HttpOnly; Secure; SameSite=None; Partitioned; Max-Age=60")
+    );
+    assert_eq!(session_cookie(&grant(Transport::Header)), None);
+    assert!(cookie_for("a;b c", 1).starts_with("preview_session=a%3Bb%20c;"));
 }
 
 #[test]
 fn malformed_input_never_panics() {
     for uri in ["/?token=%ff%fe", "/?token=%", "/?&&&=&token", "/?token=a=b=c"] {
-        let req = request(uri, &[("cookie", ";;=;preview_session"), ("authorization", "Bearer")]);
-        let _ = authenticate(&route(), candidates(&req));
-        let mut req = req;
+        let mut req = request(uri, &[("cookie", ";;=;preview_session"), ("authorization", "Bearer")]);
+        let _ = candidates(&req);
         strip(&mut req, None).expect("strips");
     }
 }

@@ -1,0 +1,71 @@
+//! Edge-facing look-ups (edge token): hashed credentials an edge has not seen in its snapshot yet, and
+//! share passwords, which only control can check.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use portico_wire::CredentialLookup;
+use serde::Deserialize;
+
+use crate::auth::EdgeKey;
+use crate::credentials::{self, now_secs};
+use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::App;
+
+/// `GET /v1/edge/credentials/{sha256}`: a share or a sandbox's preview-auth token with that hash.
+pub async fn lookup(State(app): State<App>, _: EdgeKey, PathId(hash): PathId) -> ApiResult<Json<CredentialLookup>> {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::not_found("credential"));
+    }
+    let share: Option<String> =
+        sqlx::query_scalar("SELECT id FROM shares WHERE sha256 = $1").bind(&hash).fetch_optional(&app.pool).await?;
+    if let Some(id) = share {
+        let mut conn = app.pool.acquire().await?;
+        if let Some(row) = credentials::share(&mut conn, &id).await? {
+            return Ok(Json(CredentialLookup::Share { share: row.to_wire() }));
+        }
+    }
+    let sandbox: Option<String> = sqlx::query_scalar("SELECT id FROM sandboxes WHERE preview_auth_sha256 = $1")
+        .bind(&hash)
+        .fetch_optional(&app.pool)
+        .await?;
+    match sandbox {
+        Some(sandbox_id) => Ok(Json(CredentialLookup::PreviewAuth { sandbox_id })),
+        None => Err(ApiError::not_found("credential")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordAttempt {
+    password: String,
+}
+
+/// `POST /v1/edge/shares/{id}/password`: 204 when the password opens the share, 403 when it does not.
+pub async fn check_password(
+    State(app): State<App>,
+    _: EdgeKey,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<PasswordAttempt>,
+) -> ApiResult<StatusCode> {
+    let mut conn = app.pool.acquire().await?;
+    let share = credentials::share(&mut conn, &id).await?.ok_or_else(|| ApiError::not_found("share"))?;
+    drop(conn);
+    if share.expires_at.is_some_and(|e| u64::try_from(e).unwrap_or_default() <= now_secs()) {
+        return Err(ApiError::Forbidden("share expired".into()));
+    }
+    let Some(stored) = share.password_hash else {
+        return Err(ApiError::BadRequest("this share has no password".into()));
+    };
+    if body.password.len() > 1024 {
+        return Err(ApiError::Forbidden("wrong password".into()));
+    }
+    let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&body.password, &stored))
+        .await
+        .map_err(|e| ApiError::Internal(format!("checking the password: {e}")))?;
+    if ok {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Forbidden("wrong password".into()))
+    }
+}

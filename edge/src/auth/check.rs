@@ -1,0 +1,148 @@
+//! Which credential opens which route. `mp_` tokens are verified offline with control's public keys;
+//! hashed credentials (shares, preview-auth tokens) are found by SHA-256 in the snapshot, or looked up at
+//! control when the snapshot does not know them yet.
+
+use std::sync::Arc;
+
+use portico_wire::tokens::{self, TokenError, MAX_TOKEN_LEN, PREVIEW_TOKEN_PREFIX, SCOPE_READ, SHARE_TOKEN_PREFIX};
+use portico_wire::{CredentialLookup, Share};
+use subtle::ConstantTimeEq;
+
+use super::password::{Sessions, SESSION_PREFIX};
+use super::{Credential, Grant, Kind, Transport};
+use crate::error::EdgeError;
+use crate::lookup::Lookup;
+use crate::metrics;
+use crate::route::Route;
+use crate::state::Snapshot;
+
+/// How long a session cookie lasts for a credential without an expiry of its own.
+const SESSION_MAX_AGE_SECS: u64 = 24 * 3600;
+
+pub struct Authenticator {
+    pub lookup: Lookup,
+    pub sessions: Sessions,
+}
+
+impl Authenticator {
+    /// The first offered credential that opens the route, or the most telling failure: a share's password
+    /// form over expired over invalid.
+    pub async fn authenticate(&self, snap: &Snapshot, route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
+        let result = self.first_valid(snap, route, offered).await;
+        let (kind, outcome) = match &result {
+            Ok(g) => (g.kind.label(), "ok"),
+            Err(e) => ("any", e.code()),
+        };
+        metrics::TOKEN_CHECKS.with_label_values(&[kind, outcome]).inc();
+        result
+    }
+
+    async fn first_valid(&self, snap: &Snapshot, route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
+        if offered.is_empty() {
+            return Err(EdgeError::TokenRequired);
+        }
+        let now = now_secs();
+        let mut failure = EdgeError::TokenInvalid;
+        for credential in offered {
+            match self.check(snap, route, &credential, now).await {
+                Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs }),
+                Err(e @ EdgeError::SharePassword { .. }) => failure = e,
+                Err(e @ EdgeError::TokenExpired) if !matches!(failure, EdgeError::SharePassword { .. }) => failure = e,
+                Err(_) => {}
+            }
+        }
+        Err(failure)
+    }
+
+    async fn check(&self, snap: &Snapshot, route: &Route, c: &Credential, now: u64) -> Result<(Kind, u64), EdgeError> {
+        let token = c.token.as_str();
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(EdgeError::TokenInvalid);
+        }
+        if token.starts_with(PREVIEW_TOKEN_PREFIX) {
+            preview_token(snap, route, token, now)
+        } else if c.transport == Transport::Cookie && token.starts_with(SESSION_PREFIX) {
+            let (share_id, exp) = self.sessions.verify(token, now).ok_or(EdgeError::TokenInvalid)?;
+            let share = snap.share_by_id(&share_id).ok_or(EdgeError::TokenInvalid)?;
+            share_opens(snap, route, share, now)?;
+            Ok((Kind::Share, exp.saturating_sub(now)))
+        } else if token.starts_with(SHARE_TOKEN_PREFIX) {
+            let share = self.share(snap, token).await.ok_or(EdgeError::TokenInvalid)?;
+            let remaining = share_opens(snap, route, &share, now)?;
+            if share.password {
+                return Err(EdgeError::SharePassword { share_id: share.id.clone(), wrong: false });
+            }
+            Ok((Kind::Share, remaining))
+        } else {
+            self.preview_auth(snap, route, token).await?;
+            Ok((Kind::PreviewAuth, SESSION_MAX_AGE_SECS))
+        }
+    }
+
+    async fn share(&self, snap: &Snapshot, token: &str) -> Option<Arc<Share>> {
+        let hash = tokens::sha256_hex(token);
+        if let Some(share) = snap.shares.get(hash.as_str()) {
+            return Some(share.clone());
+        }
+        match self.lookup.credential(&hash).await.as_deref() {
+            Some(CredentialLookup::Share { share }) => Some(Arc::new(share.clone())),
+            _ => None,
+        }
+    }
+
+    /// The sandbox's own token. Hashing first means a lookup's timing says nothing about the token.
+    async fn preview_auth(&self, snap: &Snapshot, route: &Route, token: &str) -> Result<(), EdgeError> {
+        let hash = tokens::sha256_hex(token);
+        let Some(sandbox) = route.sandbox() else { return Err(EdgeError::TokenInvalid) };
+        if let Some(expected) = &sandbox.preview_auth_sha256 {
+            if bool::from(hash.as_bytes().ct_eq(expected.as_bytes())) {
+                return Ok(());
+            }
+        }
+        // Known, but another sandbox's (or this one's before a rotation): no need to ask.
+        if snap.preview_auth.contains_key(hash.as_str()) {
+            return Err(EdgeError::TokenInvalid);
+        }
+        match self.lookup.credential(&hash).await.as_deref() {
+            Some(CredentialLookup::PreviewAuth { sandbox_id }) if *sandbox_id == sandbox.id => Ok(()),
+            _ => Err(EdgeError::TokenInvalid),
+        }
+    }
+}
+
+/// An `mp_` token opens its sandbox (and only its port, if it names one) while signed, unexpired,
+/// unrevoked and scoped to read.
+fn preview_token(snap: &Snapshot, route: &Route, token: &str, now: u64) -> Result<(Kind, u64), EdgeError> {
+    let claims = tokens::verify_preview_token(token, now, |kid| snap.verify_keys.get(kid).map(|k| &**k))
+        .map_err(|e| match e {
+            TokenError::Expired => EdgeError::TokenExpired,
+            _ => EdgeError::TokenInvalid,
+        })?;
+    let opens = claims.tid == route.tenant.tenant.id
+        && route.sandbox().is_some_and(|s| claims.sbx == s.id)
+        && claims.port.is_none_or(|p| Some(p) == route.port())
+        && claims.scp.iter().any(|s| s == SCOPE_READ)
+        && !snap.revocations.contains_key(claims.jti.as_str());
+    if !opens {
+        return Err(EdgeError::TokenInvalid);
+    }
+    Ok((Kind::PreviewToken, claims.exp.saturating_sub(now)))
+}
+
+/// A share opens its preview's port of its sandbox until it expires; returns the seconds left.
+fn share_opens(snap: &Snapshot, route: &Route, share: &Share, now: u64) -> Result<u64, EdgeError> {
+    let preview = snap.preview_by_id(&share.preview_id).ok_or(EdgeError::TokenInvalid)?;
+    let opens = route.sandbox().is_some_and(|s| preview.sandbox_id == s.id) && Some(preview.port) == route.port();
+    if share.tenant_id != route.tenant.tenant.id || !opens {
+        return Err(EdgeError::TokenInvalid);
+    }
+    match share.expires_at {
+        Some(exp) if exp <= now => Err(EdgeError::TokenExpired),
+        Some(exp) => Ok((exp - now).min(SESSION_MAX_AGE_SECS)),
+        None => Ok(SESSION_MAX_AGE_SECS),
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

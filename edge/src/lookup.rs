@@ -1,0 +1,155 @@
+//! The miss path of hashed credentials: a share or preview-auth token whose SHA-256 the snapshot does not
+//! know yet (minted a moment ago, before the feed delivered it) is looked up at control.
+//!
+//! Look-ups are bounded three ways, so a flood of random tokens cannot become a flood of requests to
+//! control: concurrent look-ups of one hash coalesce into one (moka), every answer — found or not — is
+//! cached briefly, and all look-ups share a small per-second budget; past it a token counts as unknown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use portico_wire::CredentialLookup;
+
+use crate::metrics;
+
+/// Long enough to absorb a burst of the same token, short enough that a positive answer never outlives
+/// a revocation by more than this (the feed removes the token from the snapshot within milliseconds).
+const ANSWER_TTL: Duration = Duration::from_millis(500);
+const MAX_CACHED: u64 = 100_000;
+/// Look-ups per second one edge may make; a legitimate first request after a mint needs one.
+const BUDGET_PER_SEC: u64 = 50;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("look-up budget spent")]
+    OverBudget,
+    #[error("control: {0}")]
+    Control(String),
+}
+
+pub struct Lookup {
+    http: reqwest::Client,
+    control_urls: Vec<String>,
+    edge_token: String,
+    answers: Cache<String, Option<Arc<CredentialLookup>>>,
+    budget: Budget,
+}
+
+impl Lookup {
+    pub fn new(http: reqwest::Client, control_urls: Vec<String>, edge_token: String) -> Self {
+        Self {
+            http,
+            control_urls,
+            edge_token,
+            answers: Cache::builder().max_capacity(MAX_CACHED).time_to_live(ANSWER_TTL).build(),
+            budget: Budget::new(BUDGET_PER_SEC),
+        }
+    }
+
+    /// What control knows of the credential with this SHA-256; `None` when nothing (or when it could not
+    /// be asked: the caller then refuses the token).
+    pub async fn credential(&self, sha256: &str) -> Option<Arc<CredentialLookup>> {
+        let result = self.answers.try_get_with(sha256.to_string(), self.ask(sha256)).await;
+        let outcome = match &result {
+            Ok(Some(_)) => "found",
+            Ok(None) => "not_found",
+            Err(e) if matches!(**e, LookupError::OverBudget) => "over_budget",
+            Err(_) => "error",
+        };
+        metrics::CREDENTIAL_LOOKUPS.with_label_values(&[outcome]).inc();
+        result.ok().flatten()
+    }
+
+    /// Whether `password` opens the share; only control holds password hashes.
+    pub async fn check_password(&self, share_id: &str, password: &str) -> Result<bool, LookupError> {
+        let mut last = String::from("no control URL");
+        for url in &self.control_urls {
+            let resp = self
+                .http
+                .post(format!("{url}/v1/edge/shares/{share_id}/password"))
+                .bearer_auth(&self.edge_token)
+                .json(&serde_json::json!({ "password": password }))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => return Ok(true),
+                Ok(r) if r.status() == 403 || r.status() == 404 => return Ok(false),
+                Ok(r) => last = format!("{url} answered {}", r.status()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(LookupError::Control(last))
+    }
+
+    async fn ask(&self, sha256: &str) -> Result<Option<Arc<CredentialLookup>>, LookupError> {
+        if !self.budget.take() {
+            return Err(LookupError::OverBudget);
+        }
+        metrics::CREDENTIAL_LOOKUPS_SENT.inc();
+        let mut last = String::from("no control URL");
+        for url in &self.control_urls {
+            let resp = self
+                .http
+                .get(format!("{url}/v1/edge/credentials/{sha256}"))
+                .bearer_auth(&self.edge_token)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status() == 404 => return Ok(None),
+                Ok(r) if r.status().is_success() => {
+                    return r.json().await.map(|v| Some(Arc::new(v))).map_err(|e| LookupError::Control(e.to_string()));
+                }
+                Ok(r) => last = format!("{url} answered {}", r.status()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(LookupError::Control(last))
+    }
+}
+
+/// A token bucket refilled every second, lock-free: a look-up takes one token or is refused.
+struct Budget {
+    per_sec: u64,
+    started: Instant,
+    /// High 32 bits: the second the bucket was last refilled; low 32 bits: tokens left.
+    state: AtomicU64,
+}
+
+impl Budget {
+    fn new(per_sec: u64) -> Self {
+        Self { per_sec, started: Instant::now(), state: AtomicU64::new(per_sec) }
+    }
+
+    fn take(&self) -> bool {
+        let now = self.started.elapsed().as_secs() & 0xffff_ffff;
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            let (second, left) = (current >> 32, current & 0xffff_ffff);
+            let left = if second == now { left } else { self.per_sec };
+            if left == 0 {
+                return false;
+            }
+            let next = (now << 32) | (left - 1);
+            match self.state.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_its_rate_then_refuses() {
+        let b = Budget::new(3);
+        assert!((0..3).all(|_| b.take()));
+        assert!(!b.take());
+    }
+}
