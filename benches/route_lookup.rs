@@ -34,6 +34,7 @@ fn wire_snapshot() -> wire::Snapshot {
             default_visibility: Visibility::Private,
             wake_policy: WakePolicy::OnRequest,
             preview_auth_sha256: Some(format!("{i:064x}")),
+            allow_preflight: false,
         })
         .collect();
     let previews = (0..PREVIEWS)
@@ -55,6 +56,12 @@ fn wire_snapshot() -> wire::Snapshot {
         tenants,
         sandboxes,
         previews,
+        verify_keys: vec![],
+        revocations: vec![],
+        shares: vec![],
+        deployments: vec![],
+        certificates: vec![],
+        acme_challenges: vec![],
     }
 }
 

@@ -63,6 +63,17 @@ struct UpArgs {
     #[arg(long, env = "PORTICO_METRICS", default_value = "127.0.0.1:9090")]
     metrics: SocketAddr,
     #[command(flatten)]
+    wake: WakeArgs,
+    /// Seconds requests wait for a hibernated sandbox to wake before the edge answers 503 `wake_timeout`.
+    #[arg(long, env = "PORTICO_WAKE_TIMEOUT", default_value_t = 30)]
+    wake_timeout: u64,
+    #[command(flatten)]
+    acme: AcmeArgs,
+    #[command(flatten)]
+    https: HttpsArgs,
+    #[command(flatten)]
+    releases: ReleaseArgs,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -87,7 +98,65 @@ struct ControlArgs {
     #[arg(long, env = "PORTICO_CNAME_TARGET", default_value = "edge.portico.localhost")]
     cname_target: String,
     #[command(flatten)]
+    wake: WakeArgs,
+    #[command(flatten)]
+    acme: AcmeArgs,
+    #[command(flatten)]
+    releases: ReleaseArgs,
+    #[command(flatten)]
     common: Common,
+}
+
+/// Limits on static release archives (`control` and `up`).
+#[derive(Args, Debug, Clone)]
+struct ReleaseArgs {
+    /// Largest `.tar.gz` accepted by `PUT /v1/releases/{sha256}`, in bytes (larger: 422).
+    #[arg(long, env = "PORTICO_RELEASE_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    release_max_bytes: u64,
+    /// Most files one release may hold (more: 422).
+    #[arg(long, env = "PORTICO_RELEASE_MAX_FILES", default_value_t = 10_000)]
+    release_max_files: u64,
+}
+
+/// Certificates by ACME and preview-domain checks (`control` and `up`).
+#[derive(Args, Debug, Clone)]
+struct AcmeArgs {
+    /// ACME directory URL (e.g. Let's Encrypt's); unset: no certificates are ordered.
+    #[arg(long, env = "PORTICO_ACME_DIRECTORY", value_name = "URL")]
+    acme_directory: Option<String>,
+    /// PEM file of the CA that signs the ACME server's own HTTPS certificate (a test CA); default: the
+    /// system's roots.
+    #[arg(long, env = "PORTICO_ACME_CA_FILE", value_name = "FILE", requires = "acme_directory")]
+    acme_ca_file: Option<PathBuf>,
+    /// DNS server (`IP:PORT`) that preview-domain verification asks; default: the system's resolvers.
+    #[arg(long, env = "PORTICO_DNS_RESOLVER", value_name = "ADDR")]
+    dns_resolver: Option<SocketAddr>,
+}
+
+/// HTTPS at the edge (`edge` and `up`).
+#[derive(Args, Debug, Clone)]
+struct HttpsArgs {
+    /// HTTPS listener; certificates are chosen by SNI from control's and `--certs-dir`'s.
+    #[arg(long, env = "PORTICO_HTTPS", value_name = "ADDR")]
+    https: Option<SocketAddr>,
+    /// Directory of PEM certificates (`<name>.crt` + `<name>.key`, or `<name>.pem`), followed while running.
+    #[arg(long, env = "PORTICO_CERTS_DIR", value_name = "DIR", requires = "https")]
+    certs_dir: Option<PathBuf>,
+    /// Answer plain-HTTP requests for hosts that have a certificate with a redirect to HTTPS.
+    #[arg(long, env = "PORTICO_REDIRECT_HTTPS", requires = "https")]
+    redirect_https: bool,
+}
+
+/// How control wakes hibernated sandboxes (`control` and `up`).
+#[derive(Args, Debug)]
+struct WakeArgs {
+    /// The orchestrator control asks to wake a hibernated sandbox: `POST {"sandbox_id"}`, signed with
+    /// `PORTICO_WAKE_SECRET` (generated into the data dir if unset), answered `200 {"address"}`.
+    #[arg(long, env = "PORTICO_WAKE_URL")]
+    wake_url: Option<String>,
+    /// Seconds one orchestrator call may take before the wake counts as failed.
+    #[arg(long, env = "PORTICO_WAKE_URL_TIMEOUT", default_value_t = 120)]
+    wake_url_timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -115,9 +184,18 @@ struct EdgeArgs {
     /// Seconds an upstream may take to send its response header before the edge answers 504.
     #[arg(long, env = "PORTICO_UPSTREAM_TIMEOUT", default_value_t = 60)]
     upstream_timeout: u64,
+    /// Seconds requests wait for a hibernated sandbox to wake before the edge answers 503 `wake_timeout`.
+    #[arg(long, env = "PORTICO_WAKE_TIMEOUT", default_value_t = 30)]
+    wake_timeout: u64,
     /// Take over the listening sockets of a running edge (zero-downtime upgrade).
     #[arg(long, env = "PORTICO_UPGRADE")]
     upgrade: bool,
+    /// A proxy in front of the edge, as a CIDR (repeatable): from these peers the client is the right-most
+    /// untrusted `X-Forwarded-For` address. Others are their own client, whatever they forward.
+    #[arg(long = "trusted-proxy", env = "PORTICO_TRUSTED_PROXY", value_name = "CIDR", value_delimiter = ',')]
+    trusted_proxies: Vec<portico_edge::client::Cidr>,
+    #[command(flatten)]
+    https: HttpsArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -177,6 +255,9 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
     if !matches!(a.public_scheme.as_str(), "http" | "https") {
         bail!("--public-scheme must be http or https");
     }
+    if let Some(url) = &a.wake.wake_url {
+        portico_control::check_wake_url(url)?;
+    }
     let database_url = match &a.database {
         Some(url) => url.clone(),
         None => format!("sqlite://{}?mode=rwc", a.data_dir.join("portico.db").display()),
@@ -191,6 +272,16 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         public_scheme: a.public_scheme.clone(),
         public_port: public_port.or(a.public_port),
         cname_target: a.cname_target.clone(),
+        wake_url: a.wake.wake_url.clone(),
+        wake_secret: env_secret("PORTICO_WAKE_SECRET"),
+        wake_url_timeout: std::time::Duration::from_secs(a.wake.wake_url_timeout.max(1)),
+        release_limits: portico_control::ReleaseLimits {
+            max_bytes: a.releases.release_max_bytes,
+            max_files: a.releases.release_max_files,
+        },
+        acme_directory: a.acme.acme_directory.clone(),
+        acme_ca_file: a.acme.acme_ca_file.clone(),
+        dns_resolver: a.acme.dns_resolver,
     })
 }
 
@@ -242,6 +333,11 @@ fn edge(a: EdgeArgs) -> anyhow::Result<()> {
         upgrade: a.upgrade,
         threads: edge_threads(a.threads),
         upstream_timeout: std::time::Duration::from_secs(a.upstream_timeout.max(1)),
+        wake_timeout: std::time::Duration::from_secs(a.wake_timeout.max(1)),
+        trusted_proxies: a.trusted_proxies,
+        https: a.https.https.map(|h| h.to_string()),
+        certs_dir: a.https.certs_dir,
+        redirect_https: a.https.redirect_https,
     };
     if a.common.check {
         println!("flags ok");
@@ -259,6 +355,9 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         public_scheme: "http".into(),
         public_port: None,
         cname_target: "edge.portico.localhost".into(),
+        wake: a.wake,
+        acme: a.acme,
+        releases: a.releases,
         common: a.common,
     };
     let config = control_config(&control_args, Some(a.http.port()))?;
@@ -308,6 +407,11 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         upgrade: false,
         threads: edge_threads(None),
         upstream_timeout: std::time::Duration::from_secs(60),
+        wake_timeout: std::time::Duration::from_secs(a.wake_timeout.max(1)),
+        trusted_proxies: Vec::new(),
+        https: a.https.https.map(|h| h.to_string()),
+        certs_dir: a.https.certs_dir,
+        redirect_https: a.https.redirect_https,
     };
     tracing::info!(http = %a.http, "edge listening; try http://3000-<sandbox>.sandbox.localhost:{}", a.http.port());
     portico_edge::server(config)?.run_forever()

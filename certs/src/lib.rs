@@ -1,6 +1,17 @@
-//! Certificates for the edge's TLS listener. For now: choosing a certificate by SNI over the names each
+//! Certificates for the edge's TLS listener: choosing a certificate by SNI over the names each
 //! certificate serves — exact name first, then a one-label wildcard (`*.example.app` serves `a.example.app`,
 //! not `a.b.example.app` nor `example.app`), as browsers match them.
+//!
+//! [`pem`] turns PEM into a rustls [`CertifiedKey`](rustls::sign::CertifiedKey) with the names of its SAN,
+//! [`resolver`] is the store behind one `ArcSwap` that the TLS handshake reads, and [`dir`] follows a
+//! directory of PEM files.
+
+pub mod dir;
+pub mod pem;
+pub mod resolver;
+
+pub use pem::{CertError, Certificate};
+pub use resolver::Resolver;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +38,12 @@ pub enum NameError {
 
 impl<C> CertStore<C> {
     /// Adds a certificate for each of its names. A later certificate for the same name replaces the earlier.
-    pub fn insert<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, cert: C) -> Result<(), NameError> {
-        let cert = Arc::new(cert);
+    pub fn insert<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+        cert: impl Into<Arc<C>>,
+    ) -> Result<(), NameError> {
+        let cert = cert.into();
         for raw in names {
             let name = raw.trim_end_matches('.').to_ascii_lowercase();
             match name.strip_prefix("*.") {
@@ -61,6 +76,16 @@ impl<C> CertStore<C> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether a certificate may be stored under `name`: a host name or a one-label wildcard of a name with at
+/// least two labels.
+pub fn valid_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    match name.strip_prefix("*.") {
+        Some(parent) => valid_host(parent) && parent.contains('.'),
+        None => valid_host(name),
     }
 }
 

@@ -110,6 +110,12 @@ pub enum Kind {
     Tenant,
     Sandbox,
     Preview,
+    VerifyKey,
+    Share,
+    Revocation,
+    Deployment,
+    Certificate,
+    AcmeChallenge,
 }
 
 impl Kind {
@@ -119,6 +125,12 @@ impl Kind {
             Self::Tenant => "tenant",
             Self::Sandbox => "sandbox",
             Self::Preview => "preview",
+            Self::VerifyKey => "verify_key",
+            Self::Share => "share",
+            Self::Revocation => "revocation",
+            Self::Deployment => "deployment",
+            Self::Certificate => "certificate",
+            Self::AcmeChallenge => "acme_challenge",
         }
     }
 
@@ -128,6 +140,12 @@ impl Kind {
             "tenant" => Self::Tenant,
             "sandbox" => Self::Sandbox,
             "preview" => Self::Preview,
+            "verify_key" => Self::VerifyKey,
+            "share" => Self::Share,
+            "revocation" => Self::Revocation,
+            "deployment" => Self::Deployment,
+            "certificate" => Self::Certificate,
+            "acme_challenge" => Self::AcmeChallenge,
             _ => return None,
         })
     }
@@ -238,7 +256,8 @@ impl TenantRow {
 }
 
 pub const SANDBOX_COLUMNS: &str = "id, tenant_id, address, state, default_visibility, wake_policy, \
-     preview_auth_sha256, external_user_id, external_project_id, metadata, created_at, last_request_at";
+     preview_auth_sha256, external_user_id, external_project_id, metadata, created_at, last_request_at, \
+     allow_preflight";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct SandboxRow {
@@ -254,6 +273,7 @@ pub struct SandboxRow {
     pub metadata: Option<String>,
     pub created_at: i64,
     pub last_request_at: Option<i64>,
+    pub allow_preflight: i64,
 }
 
 impl SandboxRow {
@@ -266,6 +286,7 @@ impl SandboxRow {
             default_visibility: enum_parse("default_visibility", &self.default_visibility)?,
             wake_policy: enum_parse("wake_policy", &self.wake_policy)?,
             preview_auth_sha256: self.preview_auth_sha256.clone(),
+            allow_preflight: self.allow_preflight != 0,
         })
     }
 

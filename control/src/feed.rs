@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::api::ApiQuery;
 use crate::auth::EdgeKey;
+use crate::credentials;
 use crate::db::{self, now_ms, Kind, PreviewRow, SandboxRow, TenantRow};
 use crate::db::{PREVIEW_COLUMNS, SANDBOX_COLUMNS, TENANT_COLUMNS};
 use crate::error::ApiResult;
@@ -115,6 +116,12 @@ async fn snapshot(conn: &mut AnyConnection, version: i64) -> ApiResult<Snapshot>
         tenants: tenants.iter().map(TenantRow::to_wire).collect::<ApiResult<_>>()?,
         sandboxes: sandboxes.iter().map(SandboxRow::to_wire).collect::<ApiResult<_>>()?,
         previews: previews.iter().map(PreviewRow::to_wire).collect::<ApiResult<_>>()?,
+        verify_keys: credentials::verify_keys(conn).await?.iter().map(|k| k.to_wire()).collect(),
+        revocations: credentials::revocations(conn).await?,
+        shares: credentials::shares(conn).await?.iter().map(|s| s.to_wire()).collect(),
+        deployments: crate::deployments::all(conn).await?,
+        certificates: crate::certificates::all_wire(conn).await?,
+        acme_challenges: crate::certificates::challenges(conn).await?,
     })
 }
 
@@ -179,6 +186,30 @@ async fn resolve(conn: &mut AnyConnection, rows: &[(i64, String, String)]) -> Ap
                 Some(row) => upserts.push((kind, Change::UpsertPreview { preview: row.to_wire()? })),
                 None => deletes.push((kind, Change::DeletePreview { id: id.to_string() })),
             },
+            Kind::VerifyKey => match credentials::verify_key(conn, id).await? {
+                Some(row) => upserts.push((kind, Change::UpsertVerifyKey { key: row.to_wire() })),
+                None => deletes.push((kind, Change::DeleteVerifyKey { kid: id.to_string() })),
+            },
+            Kind::Share => match credentials::share(conn, id).await? {
+                Some(row) => upserts.push((kind, Change::UpsertShare { share: row.to_wire() })),
+                None => deletes.push((kind, Change::DeleteShare { id: id.to_string() })),
+            },
+            Kind::Revocation => match credentials::revocation(conn, id).await? {
+                Some(revocation) => upserts.push((kind, Change::UpsertRevocation { revocation })),
+                None => deletes.push((kind, Change::DeleteRevocation { jti: id.to_string() })),
+            },
+            Kind::Deployment => match crate::deployments::wire_deployment(conn, id).await? {
+                Some(deployment) => upserts.push((kind, Change::UpsertDeployment { deployment })),
+                None => deletes.push((kind, Change::DeleteDeployment { id: id.to_string() })),
+            },
+            Kind::Certificate => match crate::certificates::wire(conn, id).await? {
+                Some(certificate) => upserts.push((kind, Change::UpsertCertificate { certificate })),
+                None => deletes.push((kind, Change::DeleteCertificate { hostname: id.to_string() })),
+            },
+            Kind::AcmeChallenge => match crate::certificates::challenge(conn, id).await? {
+                Some(challenge) => upserts.push((kind, Change::UpsertAcmeChallenge { challenge })),
+                None => deletes.push((kind, Change::DeleteAcmeChallenge { token: id.to_string() })),
+            },
         }
     }
     // Stable sorts keep the commit order within one kind.
@@ -213,6 +244,9 @@ pub async fn prune_forever(state: Weak<AppState>) {
         let Some(state) = state.upgrade() else { return };
         if let Err(e) = prune(&state.pool, now_ms()).await {
             tracing::warn!(error = %e, "pruning old feed changes failed");
+        }
+        if let Err(e) = crate::credentials::prune(&state.pool, &state.notify).await {
+            tracing::warn!(error = %e, "pruning expired revocations and retired keys failed");
         }
     }
 }

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::{Rng, RngCore};
-use ring::digest::{digest, SHA256};
 
 use crate::ControlError;
 
@@ -28,9 +27,7 @@ pub fn new_tenant_key() -> String {
     format!("msk_{}", random_secret())
 }
 
-pub fn sha256_hex(secret: &str) -> String {
-    hex::encode(digest(&SHA256, secret.as_bytes()))
-}
+pub use portico_wire::tokens::sha256_hex;
 
 /// Compares a presented secret with a stored hash: hash first, then compare digests in constant time.
 pub fn matches_hash(presented: &str, stored_hex: &str) -> bool {

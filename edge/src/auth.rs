@@ -1,22 +1,20 @@
 //! Step 3: credentials for private routes (SPEC §4 step 3), and removing every credential before the
 //! request goes upstream (step 5). A sandbox never sees a credential byte.
 
+mod check;
+pub mod password;
+
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::RequestHeader;
-use ring::digest::{digest, SHA256};
-use subtle::ConstantTimeEq;
 
-use crate::error::EdgeError;
-use crate::metrics;
-use crate::route::Route;
+pub use check::{now_secs, Authenticator};
+use portico_wire::tokens::{PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX};
 
 pub const SESSION_COOKIE: &str = "preview_session";
 const QUERY_PARAMS: [&str; 2] = ["token", "preview_token"];
 const HEADERS: [&str; 3] = ["x-portico-preview-token", "x-oc-preview-token", "x-miosa-preview-token"];
 /// A request offering more candidates than this is not worth more hashing.
 const MAX_CANDIDATES: usize = 8;
-/// How long a session cookie for a credential without expiry lasts.
-const SESSION_MAX_AGE_SECS: u64 = 24 * 3600;
 
 /// Where a credential was found; decides what is stripped and whether a cookie is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,12 +34,16 @@ pub struct Credential {
 /// What kind of credential passed, as a bounded metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    PreviewToken,
+    Share,
     PreviewAuth,
 }
 
 impl Kind {
     pub fn label(self) -> &'static str {
         match self {
+            Self::PreviewToken => "preview_token",
+            Self::Share => "share",
             Self::PreviewAuth => "preview_auth",
         }
     }
@@ -84,67 +86,53 @@ pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
     out
 }
 
-/// Checks a private route's credentials: the first one that opens it wins; otherwise the most telling
-/// failure (expired over invalid).
-pub fn authenticate(route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
-    let result = first_valid(route, offered);
-    let (kind, outcome) = match &result {
-        Ok(g) => (g.kind.label(), "ok"),
-        Err(e) => ("any", e.code()),
-    };
-    metrics::TOKEN_CHECKS.with_label_values(&[kind, outcome]).inc();
-    result
-}
-
-fn first_valid(route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
-    if offered.is_empty() {
-        return Err(EdgeError::TokenRequired);
-    }
-    let mut failure = EdgeError::TokenInvalid;
-    for credential in offered {
-        match check(route, &credential) {
-            Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs }),
-            Err(e @ EdgeError::TokenExpired) => failure = e,
-            Err(_) => {}
-        }
-    }
-    Err(failure)
-}
-
-fn check(route: &Route, credential: &Credential) -> Result<(Kind, u64), EdgeError> {
-    let Some(expected) = route.sandbox.preview_auth_sha256.as_deref() else {
-        return Err(EdgeError::TokenInvalid);
-    };
-    let actual = hex::encode(digest(&SHA256, credential.token.as_bytes()));
-    if !bool::from(actual.as_bytes().ct_eq(expected.as_bytes())) {
-        return Err(EdgeError::TokenInvalid);
-    }
-    Ok((Kind::PreviewAuth, SESSION_MAX_AGE_SECS))
+/// A CORS preflight carries no credential (browsers never send one); a sandbox that asks for it lets them
+/// through while it runs — a preflight must never wake a sandbox.
+pub fn preflight_allowed(req: &RequestHeader, sandbox: &portico_wire::Sandbox) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && sandbox.allow_preflight
+        && sandbox.state == portico_wire::SandboxState::Running
 }
 
 /// The `Set-Cookie` value for a credential that came in the query, so later navigations need no token.
 pub fn session_cookie(grant: &Grant) -> Option<String> {
-    (grant.credential.transport == Transport::Query).then(|| {
-        format!(
-            "{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=None; Partitioned; Max-Age={}",
-            utf8_percent_encode(&grant.credential.token, COOKIE_VALUE),
-            grant.remaining_secs
-        )
-    })
+    (grant.credential.transport == Transport::Query)
+        .then(|| cookie_for(&grant.credential.token, grant.remaining_secs))
 }
 
-/// Removes every credential transport from the upstream request. `Authorization` goes only when it was the
-/// credential that opened the route: otherwise it belongs to the app.
+/// `preview_session=<value>` as the SPEC has it: host-only, HttpOnly, Secure, SameSite=None, Partitioned.
+pub fn cookie_for(value: &str, max_age_secs: u64) -> String {
+    format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=None; Partitioned; Max-Age={max_age_secs}",
+        utf8_percent_encode(value, COOKIE_VALUE),
+    )
+}
+
+/// The request's path and query without credential parameters: where to send the browser after a share
+/// password, so the token leaves the address bar.
+pub fn location_without_credentials(req: &RequestHeader) -> String {
+    let path = req.uri.path();
+    match req.uri.query().map(without_credential_params) {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_string(),
+    }
+}
+
+fn without_credential_params(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|p| !QUERY_PARAMS.contains(&p.split_once('=').map_or(*p, |(n, _)| n)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Removes every credential transport from the upstream request. `Authorization` goes when it opened the
+/// route or carries one of our token formats: otherwise it belongs to the app.
 pub fn strip(req: &mut RequestHeader, grant: Option<&Grant>) -> pingora::Result<()> {
     if let Some(query) = req.uri.query() {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|p| !QUERY_PARAMS.contains(&p.split_once('=').map_or(*p, |(n, _)| n)))
-            .collect();
-        if kept.len() != query.split('&').count() {
-            let path = req.uri.path();
-            let uri = if kept.is_empty() { path.to_string() } else { format!("{path}?{}", kept.join("&")) };
-            let uri = uri.parse::<http::Uri>().map_err(|e| {
+        if without_credential_params(query) != query {
+            let uri = location_without_credentials(req).parse::<http::Uri>().map_err(|e| {
                 pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "rewriting query", e)
             })?;
             req.set_uri(uri);
@@ -153,7 +141,10 @@ pub fn strip(req: &mut RequestHeader, grant: Option<&Grant>) -> pingora::Result<
     for name in HEADERS {
         req.remove_header(name);
     }
-    if grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
+    let ours = bearer(req).is_some_and(|t| {
+        [PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX, password::SESSION_PREFIX].iter().any(|p| t.starts_with(p))
+    });
+    if ours || grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
         req.remove_header(&http::header::AUTHORIZATION);
     }
     if cookies(req).any(|(n, _)| n == SESSION_COOKIE) {

@@ -12,6 +12,9 @@ pub enum EdgeError {
     TokenInvalid,
     #[error("The token for this preview has expired.")]
     TokenExpired,
+    /// A password-protected share: the page is the password form.
+    #[error("This link is protected by a password.")]
+    SharePassword { share_id: String, wrong: bool },
     #[error("Too many requests. Try again in {retry_after_secs} s.")]
     RateLimited { retry_after_secs: u64 },
     #[error("The sandbox did not start in time.")]
@@ -26,6 +29,9 @@ pub enum EdgeError {
     UpstreamTimeout { port: u16 },
     #[error("The request could not be understood.")]
     BadRequest,
+    /// A deployment with no healthy instance, or whose release this edge cannot fetch.
+    #[error("The app is not available right now.")]
+    AppUnavailable,
 }
 
 impl EdgeError {
@@ -36,6 +42,7 @@ impl EdgeError {
             Self::TokenRequired => "token_required",
             Self::TokenInvalid => "token_invalid",
             Self::TokenExpired => "token_expired",
+            Self::SharePassword { .. } => "password_required",
             Self::RateLimited { .. } => "rate_limited",
             Self::WakeTimeout => "wake_timeout",
             Self::WakeFailed => "wake_failed",
@@ -43,16 +50,17 @@ impl EdgeError {
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::BadRequest => "bad_request",
+            Self::AppUnavailable => "upstream_unreachable",
         }
     }
 
     pub fn status(&self) -> u16 {
         match self {
             Self::NotFound => 404,
-            Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired => 401,
+            Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired | Self::SharePassword { .. } => 401,
             Self::RateLimited { .. } => 429,
             Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => 503,
-            Self::UpstreamUnreachable { .. } => 502,
+            Self::UpstreamUnreachable { .. } | Self::AppUnavailable => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::BadRequest => 400,
         }
@@ -65,11 +73,13 @@ impl EdgeError {
             Self::TokenRequired => "Sign-in required",
             Self::TokenInvalid => "Access denied",
             Self::TokenExpired => "Link expired",
+            Self::SharePassword { .. } => "Password required",
             Self::RateLimited { .. } => "Slow down",
             Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => "Sandbox unavailable",
             Self::UpstreamUnreachable { .. } => "Starting up",
             Self::UpstreamTimeout { .. } => "Timed out",
             Self::BadRequest => "Bad request",
+            Self::AppUnavailable => "Unavailable",
         }
     }
 

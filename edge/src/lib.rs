@@ -1,15 +1,25 @@
 //! `portico edge`: a Pingora server that routes preview hosts to sandbox ports. Follow one request through
 //! `proxy.rs`; the state it reads is in `state.rs` and arrives through `feed.rs`.
 
+pub mod acme;
+pub mod activity;
 pub mod auth;
+pub mod client;
+pub mod deploy;
 pub mod error;
 pub mod feed;
 pub mod headers;
+pub mod lookup;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod state;
+pub mod statics;
+pub mod tls;
+pub mod usage;
+pub mod wake;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +44,16 @@ pub struct EdgeConfig {
     pub upgrade: bool,
     pub threads: usize,
     pub upstream_timeout: std::time::Duration,
+    /// How long requests wait for a hibernated sandbox to wake (`--wake-timeout`).
+    pub wake_timeout: std::time::Duration,
+    /// Peers whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<client::Cidr>,
+    /// The HTTPS listener (`--https`); `None`: plain HTTP only.
+    pub https: Option<String>,
+    /// PEM certificates followed at run time (`--certs-dir`), beside those control sends.
+    pub certs_dir: Option<PathBuf>,
+    /// Send plain-HTTP requests for hosts that have a certificate to HTTPS (`--redirect-https`).
+    pub redirect_https: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +66,14 @@ pub enum StartError {
     State { dir: PathBuf, source: FeedError },
     #[error(transparent)]
     Feed(#[from] FeedError),
+    #[error("building the HTTP client for control: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("--https {0:?} is not an address with a port")]
+    HttpsAddr(String),
+    #[error("--redirect-https needs --https")]
+    RedirectWithoutHttps,
+    #[error("setting up the HTTPS listener: {0}")]
+    Tls(Box<pingora::Error>),
 }
 
 /// Builds the Pingora server: the proxy on `--http`, metrics on `--metrics`, the feed in the background.
@@ -88,11 +116,67 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let edge =
-        proxy::Edge { state: state.clone(), scheme: "http", upstream_timeout: config.upstream_timeout };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, edge, "portico edge");
+    let activity = Arc::new(activity::Activity::default());
+    let waker = Arc::new(wake::Waker::new(
+        config.control_urls.clone(),
+        config.edge_token.clone(),
+        config.wake_timeout,
+        state.clone(),
+    )?);
+    let clients = client::TrustedProxies::new(config.trusted_proxies.clone());
+    let limiter = Arc::new(ratelimit::Limiter::new());
+    let authenticator = Arc::new(auth::Authenticator {
+        lookup: lookup::Lookup::new(control_http()?, config.control_urls.clone(), config.edge_token.clone()),
+        sessions: auth::password::Sessions::new(&config.edge_token),
+    });
+    let resolver = Arc::new(portico_certs::Resolver::default());
+    let https_redirect = match (config.redirect_https, &config.https) {
+        (false, _) => None,
+        (true, None) => return Err(StartError::RedirectWithoutHttps),
+        (true, Some(addr)) => {
+            let port = addr.parse::<std::net::SocketAddr>().map_err(|_| StartError::HttpsAddr(addr.clone()))?.port();
+            Some(Arc::new(tls::HttpsRedirect { resolver: resolver.clone(), port }))
+        }
+    };
+    let deployments = Arc::new(deploy::Registry::default());
+    // Releases live beside the saved state; an edge without a state dir keeps them in a temporary one.
+    let releases_dir = match &config.state_dir {
+        Some(dir) => dir.join("releases"),
+        None => std::env::temp_dir().join(format!("portico-releases-{}", std::process::id())),
+    };
+    let releases =
+        Arc::new(statics::Releases::new(releases_dir, config.control_urls.clone(), config.edge_token.clone())?);
+    let usage = Arc::new(usage::Usage::default());
+    // One pipeline for both listeners: limits, credentials and wakes are shared; only the scheme differs.
+    let edge = |scheme: &'static str, https_redirect: Option<Arc<tls::HttpsRedirect>>| proxy::Edge {
+        waker: waker.clone(),
+        activity: activity.clone(),
+        state: state.clone(),
+        scheme,
+        upstream_timeout: config.upstream_timeout,
+        clients: clients.clone(),
+        limiter: limiter.clone(),
+        auth: authenticator.clone(),
+        https_redirect,
+        deployments: deployments.clone(),
+        releases: releases.clone(),
+        usage: usage.clone(),
+    };
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge("http", https_redirect), "portico edge");
     proxy.add_tcp(&config.http);
     server.add_service(proxy);
+
+    if let Some(addr) = &config.https {
+        let mut https =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, edge("https", None), "portico edge https");
+        https.add_tls_with_settings(addr, None, tls::settings(resolver.clone()).map_err(StartError::Tls)?);
+        server.add_service(https);
+        let watcher = tls::CertWatcher::new(state.clone(), resolver, config.certs_dir.clone());
+        // The first store is in place before the listener accepts: a saved state's certificates serve at once.
+        watcher.refresh();
+        server.add_service(background_service("certificates", watcher));
+    }
 
     if let Some(addr) = &config.metrics {
         let mut svc = Service::new("metrics".to_string(), metrics::MetricsApp { state: state.clone() });
@@ -100,7 +184,22 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         server.add_service(svc);
     }
 
-    let feed = FeedClient::new(config.control_urls, config.edge_token, state, config.state_dir)?;
+    let sync = deploy::DeploymentSync { state: state.clone(), registry: deployments, releases };
+    server.add_service(background_service("deployments", sync));
+    let usage_reporter = usage::UsageReporter::new(usage, config.control_urls.clone(), config.edge_token.clone())?;
+    server.add_service(background_service("usage", usage_reporter));
+    let feed =
+        FeedClient::new(config.control_urls.clone(), config.edge_token.clone(), state, config.state_dir)?;
     server.add_service(background_service("feed", feed));
+    let reporter = activity::ActivityReporter::new(activity, config.control_urls, config.edge_token)?;
+    server.add_service(background_service("activity", reporter));
     Ok(server)
+}
+
+/// The HTTP client edges talk to control with.
+fn control_http() -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .build()
+        .map_err(StartError::Http)
 }

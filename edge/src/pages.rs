@@ -14,6 +14,8 @@ pub struct PageContext<'a> {
     pub branding: Option<&'a Branding>,
     pub sandbox: Option<&'a str>,
     pub port: Option<u16>,
+    /// The CSRF token of a share's password form.
+    pub csrf: Option<&'a str>,
 }
 
 /// A browser navigation or a client that prefers HTML gets a page; fetch and API clients get JSON.
@@ -52,6 +54,17 @@ pub fn render(
         resp.insert_header("retry-after", retry_after_secs.to_string())?;
     }
     Ok((resp, Bytes::from(body)))
+}
+
+/// `303 See Other` to `location`, setting a cookie: where a correct share password leads.
+pub fn redirect(location: &str, set_cookie: &str, frame_ancestors: &str) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(303, Some(5))?;
+    resp.insert_header("location", location)?;
+    resp.insert_header("set-cookie", set_cookie)?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("content-security-policy", frame_ancestors)?;
+    resp.insert_header("content-length", "0")?;
+    Ok(resp)
 }
 
 fn json_body(err: &EdgeError) -> String {
@@ -120,7 +133,7 @@ fn html_page(err: &EdgeError, ctx: PageContext<'_>) -> String {
 body{{margin:0;font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:#f7f7f8;color:#1f2937;display:flex;min-height:100vh;align-items:center;justify-content:center}}
 main{{max-width:34rem;padding:2rem;background:#fff;border-radius:12px;box-shadow:0 1px 3px rgba(0,0,0,.08);border-top:4px solid {accent}}}
 h1{{font-size:1.4rem;margin:.5rem 0}} .logo{{max-height:40px}} code{{background:#f3f4f6;padding:.1rem .3rem;border-radius:4px}}
-.code{{color:#6b7280;font-size:.85rem}} a{{color:{accent}}} footer{{margin-top:1.5rem;color:#9ca3af;font-size:.8rem}}
+.code{{color:#6b7280;font-size:.85rem}} .warn{{color:#b91c1c}} input,button{{font:inherit;padding:.3rem .5rem}} a{{color:{accent}}} footer{{margin-top:1.5rem;color:#9ca3af;font-size:.8rem}}
 </style></head>
 <body><main>{logo}<h1>{heading}</h1><p>{message}</p>{detail}{support}<p class="code">Error: {code}</p><footer>{footer}</footer></main>{script}</body></html>
 "#,
@@ -152,6 +165,15 @@ fn extras(err: &EdgeError, ctx: PageContext<'_>) -> (String, String, String) {
                 script_json(&msg)
             );
             (String::new(), String::new(), script)
+        }
+        EdgeError::SharePassword { wrong, .. } => {
+            let warning = if *wrong { r#"<p class="warn">That password did not work. Try again.</p>"# } else { "" };
+            // Posts back to this very URL, which still carries the share token.
+            let form = format!(
+                r#"{warning}<form method="post"><input type="hidden" name="csrf" value="{}"><label>Password <input type="password" name="password" autocomplete="current-password" autofocus required></label> <button type="submit">Open</button></form>"#,
+                escape(ctx.csrf.unwrap_or_default())
+            );
+            (String::new(), form, String::new())
         }
         _ => (String::new(), String::new(), String::new()),
     }

@@ -9,15 +9,24 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use portico_wire::{SandboxState, Visibility, WakePolicy};
+use portico_wire::Visibility;
 
+use crate::acme;
+use crate::activity::{Activity, OpenGuard};
 use crate::auth::{self, Grant};
+use crate::client::TrustedProxies;
+use crate::deploy;
 use crate::error::EdgeError;
 use crate::headers;
 use crate::metrics;
 use crate::pages::{self, PageContext};
-use crate::route::{self, Route};
+use crate::ratelimit::Limiter;
+use crate::route::{self, Route, Target};
+use crate::statics::Releases;
+use crate::usage::Usage;
 use crate::state::{EdgeState, Snapshot};
+use crate::tls::HttpsRedirect;
+use crate::wake::{self, Waker};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// WebSockets (hot reload) may sit idle this long (SPEC §4 step 5).
@@ -29,47 +38,133 @@ pub struct Edge {
     pub scheme: &'static str,
     /// How long an upstream may take to answer (a dev server compiling on first request can be slow).
     pub upstream_timeout: Duration,
+    /// Step 4: one wake per hibernated sandbox however many requests wait.
+    pub waker: Arc<Waker>,
+    /// Per-sandbox last request time, reported to control in batches.
+    pub activity: Arc<Activity>,
+    /// Who the client is (`--trusted-proxy`).
+    pub clients: TrustedProxies,
+    pub limiter: Arc<Limiter>,
+    pub auth: Arc<auth::Authenticator>,
+    /// `--redirect-https`, on the plain-HTTP listener only.
+    pub https_redirect: Option<Arc<HttpsRedirect>>,
+    /// Balancers of active runtime versions of deployments.
+    pub deployments: Arc<deploy::Registry>,
+    /// Static releases this edge serves itself.
+    pub releases: Arc<Releases>,
+    /// Requests and bytes per sandbox/deployment, reported to control.
+    pub usage: Arc<Usage>,
 }
 
 /// What one request carries from filter to filter.
 pub struct Ctx {
     snap: Arc<Snapshot>,
     route: Option<Route>,
+    client_ip: Option<IpAddr>,
     grant: Option<Grant>,
     /// Set when the edge answered itself.
     failure: Option<EdgeError>,
     upstream_started: Option<Instant>,
+    /// Where a sandbox this request woke now runs, before the feed brings it.
+    woken_address: Option<Arc<str>>,
+    /// Keeps the sandbox active while this request's WebSocket is open.
+    websocket: Option<OpenGuard>,
+    /// Deployment instances this request tried.
+    attempts: deploy::Attempts,
 }
 
 impl Edge {
+    /// Answers the edge gives before routing, for any host: ACME challenges, then (plain HTTP with
+    /// `--redirect-https`) the redirect of a host that has a certificate. `true`: answered.
+    async fn before_routing(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
+        let req = session.req_header();
+        if let Some(answer) = acme::answer(&ctx.snap, req) {
+            let (header, body) = answer?;
+            session.write_response_header(Box::new(header), false).await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+        let redirect = self.https_redirect.as_ref().zip(request_host(req)).and_then(|(r, h)| r.redirect(h, req));
+        if let Some(header) = redirect {
+            session.write_response_header(Box::new(header?), true).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Steps 1–4. `Err` is the answer the edge gives instead of proxying.
     async fn admit(&self, session: &Session, ctx: &mut Ctx) -> Result<(), EdgeError> {
         let req = session.req_header();
+        ctx.client_ip = self.clients.client_ip(session);
         // 1. Route.
         let route = route::resolve(&ctx.snap, request_host(req).ok_or(EdgeError::NotFound)?)?;
         ctx.route = Some(route.clone());
 
-        // 3. Authenticate private routes.
-        if route.visibility == Visibility::Private {
-            ctx.grant = Some(auth::authenticate(&route, auth::candidates(req))?);
+        // 2. Rate-limit: a locked-out IP is refused before its credential is looked at.
+        let offered = auth::candidates(req);
+        self.limiter.admit(&route, ctx.client_ip, offered.first().map(|c| c.token.as_str()))?;
+
+        // 3. Authenticate private routes; every credential refused counts toward the IP's lock-out.
+        if route.visibility == Visibility::Private && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s)) {
+            let tried = offered.len();
+            let grant = self.auth.authenticate(&ctx.snap, &route, offered).await;
+            self.limiter.record_auth(&route, ctx.client_ip, tried, grant.as_ref().err());
+            ctx.grant = Some(grant?);
         }
 
-        // 4. Wake.
-        match (route.sandbox.state, route.sandbox.wake_policy) {
-            (SandboxState::Running, _) => Ok(()),
-            (_, WakePolicy::Off) => Err(EdgeError::SandboxHibernated),
-            // Waking on request arrives with the wake step; until then a sleeping sandbox is unavailable.
-            (_, WakePolicy::OnRequest) => Err(EdgeError::SandboxHibernated),
+        // 4. Wake a hibernated sandbox: only requests admitted above get here.
+        if let Some(sandbox) = route.sandbox() {
+            ctx.woken_address = wake::ensure_awake(&self.waker, sandbox).await?;
         }
+        Ok(())
+    }
+
+    /// A submitted share password: checked at control; when right, a session cookie and a redirect to
+    /// the same page without the token.
+    async fn share_password(&self, session: &mut Session, ctx: &mut Ctx, share_id: &str) -> Result<(), EdgeError> {
+        let again = |wrong| EdgeError::SharePassword { share_id: share_id.to_string(), wrong };
+        let body = read_form(session).await.ok_or_else(|| again(true))?;
+        let now = auth::now_secs();
+        let password = self.auth.sessions.submitted_password(share_id, &body, now)?;
+        match self.auth.lookup.check_password(share_id, &password).await {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(route) = &ctx.route {
+                    self.limiter.record_auth(route, ctx.client_ip, 1, Some(&EdgeError::TokenInvalid));
+                }
+                return Err(again(true));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checking a share password");
+                return Err(again(false));
+            }
+        }
+        let exp = ctx.snap.share_by_id(share_id).and_then(|s| s.expires_at).unwrap_or(u64::MAX).min(now + 24 * 3600);
+        let cookie = auth::cookie_for(&self.auth.sessions.issue(share_id, exp), exp - now);
+        let location = auth::location_without_credentials(session.req_header());
+        let frame_ancestors = ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
+        let write = async {
+            let header = pages::redirect(&location, &cookie, &frame_ancestors)?;
+            session.write_response_header(Box::new(header), true).await
+        };
+        if let Err(e) = write.await {
+            tracing::debug!(error = %e, "writing the share password redirect");
+        }
+        Ok(())
     }
 
     /// Writes the edge's own answer for `err`, branded for the route's tenant when there is one.
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: EdgeError) -> Result<()> {
         let tenant = ctx.route.as_ref().map(|r| r.tenant.clone());
+        let csrf = match &err {
+            EdgeError::SharePassword { share_id, .. } => Some(self.auth.sessions.csrf(share_id, auth::now_secs())),
+            _ => None,
+        };
         let page = PageContext {
             branding: tenant.as_ref().and_then(|t| t.tenant.branding.as_ref()),
-            sandbox: ctx.route.as_ref().map(|r| r.sandbox.id.as_str()),
-            port: ctx.route.as_ref().map(|r| r.port),
+            sandbox: ctx.route.as_ref().and_then(|r| r.sandbox()).map(|s| s.id.as_str()),
+            port: ctx.route.as_ref().and_then(|r| r.port()),
+            csrf: csrf.as_deref(),
         };
         let frame_ancestors =
             tenant.as_ref().map_or(ctx.snap.default_frame_ancestors.as_str(), |t| t.frame_ancestors.as_str());
@@ -88,16 +183,36 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { snap: self.state.load(), route: None, grant: None, failure: None, upstream_started: None }
+        Ctx { snap: self.state.load(), route: None, client_ip: None, grant: None, failure: None, upstream_started: None, woken_address: None, websocket: None, attempts: deploy::Attempts::default() }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.before_routing(session, ctx).await? {
+            return Ok(true);
+        }
         match self.admit(session, ctx).await {
             Ok(()) => {
+                // 5. A static release is answered here, by the edge itself.
+                if let Some(route) = ctx.route.clone() {
+                    if let Some(release) = route.release() {
+                        if let Err(err) = self.releases.serve(session, release, &route.tenant.frame_ancestors).await {
+                            self.respond(session, ctx, err).await?;
+                        }
+                        return Ok(true);
+                    }
+                }
                 if session.is_upgrade_req() {
                     session.set_read_timeout(Some(WEBSOCKET_IDLE));
+                    ctx.websocket =
+                        ctx.route.as_ref().and_then(|r| r.sandbox()).map(|s| self.activity.open(&s.id));
                 }
                 Ok(false)
+            }
+            Err(EdgeError::SharePassword { share_id, .. }) if is_form_post(session.req_header()) => {
+                if let Err(err) = self.share_password(session, ctx, &share_id).await {
+                    self.respond(session, ctx, err).await?;
+                }
+                Ok(true)
             }
             Err(err) => {
                 self.respond(session, ctx, err).await?;
@@ -108,7 +223,21 @@ impl ProxyHttp for Edge {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx.route.as_ref().ok_or_else(|| Error::explain(InternalError, "no route"))?;
-        let mut peer = HttpPeer::new((route.sandbox.address.as_str(), route.port), false, String::new());
+        let mut peer = match &route.target {
+            Target::Sandbox { sandbox, port } => {
+                let address = ctx.woken_address.as_deref().unwrap_or(sandbox.address.as_str());
+                HttpPeer::new((address, *port), false, String::new())
+            }
+            // Round-robin over the active version's healthy instances, skipping one that refused.
+            Target::Deployment(d) => {
+                let addr = self
+                    .deployments
+                    .pick(d, &ctx.attempts.tried)
+                    .map_err(|_| Error::explain(ConnectNoRoute, "no healthy instance"))?;
+                ctx.attempts.tried.push(addr);
+                HttpPeer::new(addr, false, String::new())
+            }
+        };
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         let idle = if session.is_upgrade_req() { WEBSOCKET_IDLE } else { self.upstream_timeout };
         peer.options.read_timeout = Some(idle);
@@ -123,7 +252,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         auth::strip(req, ctx.grant.as_ref())?;
-        let client_ip = client_ip(session).map(|ip| ip.to_string()).unwrap_or_default();
+        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let host = request_host(session.req_header()).unwrap_or_default().to_string();
         headers::add_forwarded(req, &client_ip, self.scheme, &host)?;
         ctx.upstream_started = Some(Instant::now());
@@ -148,10 +277,23 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
+    /// A deployment instance that refused the connection: an idempotent request tries one other instance.
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if matches!(ctx.route.as_ref().map(|r| &r.target), Some(Target::Deployment(_))) {
+            let again = ctx.attempts.tried.len() == 1 && session.req_header().method.is_idempotent();
+            e.set_retry(again);
+        }
+        e
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let err = match &ctx.route {
             Some(route) if e.esource() == &ErrorSource::Upstream || is_connect_error(e) => {
-                EdgeError::from_upstream(e, route.port)
+                let port = route.port().or_else(|| ctx.attempts.tried.last().map(|a| a.port())).unwrap_or(0);
+                match (EdgeError::from_upstream(e, port), &route.target) {
+                    (EdgeError::UpstreamUnreachable { .. }, Target::Deployment(_)) => EdgeError::AppUnavailable,
+                    (err, _) => err,
+                }
             }
             _ => match e.esource() {
                 // The client went away or sent garbage: nothing useful to answer.
@@ -186,6 +328,14 @@ impl ProxyHttp for Edge {
         let code = http::StatusCode::from_u16(status).ok();
         let status_label = code.as_ref().map_or("0", |c| c.as_str());
         metrics::REQUESTS.with_label_values(&[tenant, kind, status_label]).inc();
+        // Only requests that went through to the sandbox keep it awake: refused ones must not.
+        if let (Some(sandbox), Some(_)) = (ctx.route.as_ref().and_then(|r| r.sandbox()), ctx.upstream_started)
+        {
+            self.activity.touch(&sandbox.id);
+        }
+        if let (Some(route), true) = (&ctx.route, status != 0) {
+            self.usage.record_route(route, session.body_bytes_sent() as u64);
+        }
         tracing::info!(
             target: "access",
             tenant,
@@ -205,8 +355,25 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.host())
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+fn is_form_post(req: &RequestHeader) -> bool {
+    req.method == http::Method::POST
+        && req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+/// A small form body, or `None` when it is larger than a password form can be.
+async fn read_form(session: &mut Session) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > auth::password::MAX_FORM_BYTES {
+            return None;
+        }
+    }
+    Some(body)
 }
 
 fn is_connect_error(e: &Error) -> bool {

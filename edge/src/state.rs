@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use portico_wire::{self as wire, HostTemplate, TemplateError};
+use portico_wire::{self as wire, tokens, HostTemplate, TemplateError};
 
 use crate::headers::frame_ancestors_directive;
 
@@ -44,6 +44,27 @@ pub struct Snapshot {
     preview_slugs: Map<Arc<str>>,
     /// Verified tenant preview domains → tenant id.
     pub preview_domains: Map<Arc<str>>,
+    /// Key id → raw Ed25519 public key, for `mp_` tokens.
+    pub verify_keys: Map<Arc<[u8]>>,
+    /// Revoked `mp_` token ids → when they would have expired (unix seconds).
+    pub revocations: Map<u64>,
+    /// Shares by their token's SHA-256: the key the hot path has.
+    pub shares: Map<Arc<wire::Share>>,
+    /// Share id → token SHA-256, to apply deletions.
+    share_hashes: Map<Arc<str>>,
+    /// Preview-auth token SHA-256 → sandbox id: a known token of another sandbox needs no look-up.
+    pub preview_auth: Map<Arc<str>>,
+    /// Deployments by id.
+    pub deployments: Map<Arc<wire::Deployment>>,
+    /// `{app}.{workspace}` → deployment id.
+    pub deployment_apps: Map<Arc<str>>,
+    /// Custom domains (exact hosts) → deployment id.
+    pub deployment_domains: Map<Arc<str>>,
+    /// Certificates from control by hostname, behind an `Arc` so the TLS watcher sees whether they changed
+    /// by comparing pointers.
+    pub certificates: Arc<Map<Arc<wire::Certificate>>>,
+    /// ACME HTTP-01 tokens → key authorizations.
+    pub acme_challenges: Map<Arc<str>>,
 }
 
 impl Snapshot {
@@ -60,6 +81,16 @@ impl Snapshot {
             previews: Map::default(),
             preview_slugs: Map::default(),
             preview_domains: Map::default(),
+            verify_keys: Map::default(),
+            revocations: Map::default(),
+            shares: Map::default(),
+            share_hashes: Map::default(),
+            preview_auth: Map::default(),
+            deployments: Map::default(),
+            deployment_apps: Map::default(),
+            deployment_domains: Map::default(),
+            certificates: Arc::default(),
+            acme_challenges: Map::default(),
         }
     }
 
@@ -70,10 +101,28 @@ impl Snapshot {
             s.upsert_tenant(t);
         }
         for sb in snapshot.sandboxes {
-            s.sandboxes.insert(sb.id.as_str().into(), Arc::new(sb));
+            s.upsert_sandbox(sb);
         }
         for p in snapshot.previews {
             s.upsert_preview(p);
+        }
+        for k in snapshot.verify_keys {
+            s.upsert_verify_key(k);
+        }
+        for r in snapshot.revocations {
+            s.revocations.insert(r.jti.as_str().into(), r.expires_at);
+        }
+        for sh in snapshot.shares {
+            s.upsert_share(sh);
+        }
+        for d in snapshot.deployments {
+            s.upsert_deployment(d);
+        }
+        s.certificates = Arc::new(
+            snapshot.certificates.into_iter().map(|c| (c.hostname.as_str().into(), Arc::new(c))).collect(),
+        );
+        for c in snapshot.acme_challenges {
+            s.acme_challenges.insert(c.token.as_str().into(), c.key_authorization.as_str().into());
         }
         s.version = snapshot.version;
         Ok(s)
@@ -93,16 +142,44 @@ impl Snapshot {
                         }
                     }
                 }
-                wire::Change::UpsertSandbox { sandbox } => {
-                    s.sandboxes.insert(sandbox.id.as_str().into(), Arc::new(sandbox));
-                }
-                wire::Change::DeleteSandbox { id } => {
-                    s.sandboxes.remove(id.as_str());
-                }
+                wire::Change::UpsertSandbox { sandbox } => s.upsert_sandbox(sandbox),
+                wire::Change::DeleteSandbox { id } => s.remove_sandbox(&id),
                 wire::Change::UpsertPreview { preview } => s.upsert_preview(preview),
                 wire::Change::DeletePreview { id } => {
                     if let Some(slug) = s.preview_slugs.remove(id.as_str()) {
                         s.previews.remove(&slug);
+                    }
+                }
+                wire::Change::UpsertCertificate { certificate } => {
+                    Arc::make_mut(&mut s.certificates)
+                        .insert(certificate.hostname.as_str().into(), Arc::new(certificate));
+                }
+                wire::Change::DeleteCertificate { hostname } => {
+                    Arc::make_mut(&mut s.certificates).remove(hostname.as_str());
+                }
+                wire::Change::UpsertAcmeChallenge { challenge } => {
+                    s.acme_challenges
+                        .insert(challenge.token.as_str().into(), challenge.key_authorization.as_str().into());
+                }
+                wire::Change::DeleteAcmeChallenge { token } => {
+                    s.acme_challenges.remove(token.as_str());
+                }
+                wire::Change::UpsertVerifyKey { key } => s.upsert_verify_key(key),
+                wire::Change::DeleteVerifyKey { kid } => {
+                    s.verify_keys.remove(kid.as_str());
+                }
+                wire::Change::UpsertRevocation { revocation } => {
+                    s.revocations.insert(revocation.jti.as_str().into(), revocation.expires_at);
+                }
+                wire::Change::DeleteRevocation { jti } => {
+                    s.revocations.remove(jti.as_str());
+                }
+                wire::Change::UpsertShare { share } => s.upsert_share(share),
+                wire::Change::UpsertDeployment { deployment } => s.upsert_deployment(deployment),
+                wire::Change::DeleteDeployment { id } => s.remove_deployment(&id),
+                wire::Change::DeleteShare { id } => {
+                    if let Some(hash) = s.share_hashes.remove(id.as_str()) {
+                        s.shares.remove(&hash);
                     }
                 }
             }
@@ -119,7 +196,34 @@ impl Snapshot {
             tenants: self.tenants.values().map(|t| t.tenant.clone()).collect(),
             sandboxes: self.sandboxes.values().map(|s| (**s).clone()).collect(),
             previews: self.previews.values().map(|p| (**p).clone()).collect(),
+            verify_keys: self
+                .verify_keys
+                .iter()
+                .map(|(kid, key)| wire::VerifyKey { kid: kid.to_string(), public_key: tokens::b64(key) })
+                .collect(),
+            revocations: self
+                .revocations
+                .iter()
+                .map(|(jti, exp)| wire::Revocation { jti: jti.to_string(), expires_at: *exp })
+                .collect(),
+            shares: self.shares.values().map(|s| (**s).clone()).collect(),
+            deployments: self.deployments.values().map(|d| (**d).clone()).collect(),
+            certificates: self.certificates.values().map(|c| (**c).clone()).collect(),
+            acme_challenges: self
+                .acme_challenges
+                .iter()
+                .map(|(t, k)| wire::AcmeChallenge { token: t.to_string(), key_authorization: k.to_string() })
+                .collect(),
         }
+    }
+
+    pub fn share_by_id(&self, id: &str) -> Option<&Arc<wire::Share>> {
+        self.shares.get(self.share_hashes.get(id)?)
+    }
+
+    /// The preview a share opens, if it still exists.
+    pub fn preview_by_id(&self, id: &str) -> Option<&Arc<wire::Preview>> {
+        self.previews.get(self.preview_slugs.get(id)?)
     }
 
     fn set_settings(&mut self, settings: wire::Settings) -> Result<(), StateError> {
@@ -147,6 +251,66 @@ impl Snapshot {
         let sources = tenant.frame_ancestors.as_ref().unwrap_or(&self.settings.default_frame_ancestors);
         let frame_ancestors = frame_ancestors_directive(sources);
         self.tenants.insert(tenant.id.as_str().into(), Arc::new(TenantEntry { tenant, frame_ancestors }));
+    }
+
+    fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {
+        self.remove_sandbox(&sandbox.id);
+        if let Some(hash) = &sandbox.preview_auth_sha256 {
+            self.preview_auth.insert(hash.as_str().into(), sandbox.id.as_str().into());
+        }
+        self.sandboxes.insert(sandbox.id.as_str().into(), Arc::new(sandbox));
+    }
+
+    fn remove_sandbox(&mut self, id: &str) {
+        if let Some(old) = self.sandboxes.remove(id) {
+            if let Some(hash) = &old.preview_auth_sha256 {
+                self.preview_auth.remove(hash.as_str());
+            }
+        }
+    }
+
+    fn upsert_verify_key(&mut self, key: wire::VerifyKey) {
+        match tokens::b64_decode(&key.public_key) {
+            Some(raw) => {
+                self.verify_keys.insert(key.kid.as_str().into(), raw.into());
+            }
+            // One bad key must not stop the others from verifying.
+            None => tracing::error!(kid = %key.kid, "control sent an undecodable verify key; ignored"),
+        }
+    }
+
+    fn upsert_share(&mut self, share: wire::Share) {
+        if let Some(old) = self.share_hashes.remove(share.id.as_str()) {
+            self.shares.remove(&old);
+        }
+        let hash: Arc<str> = share.sha256.as_str().into();
+        self.share_hashes.insert(share.id.as_str().into(), hash.clone());
+        self.shares.insert(hash, Arc::new(share));
+    }
+
+    fn upsert_deployment(&mut self, deployment: wire::Deployment) {
+        self.remove_deployment(&deployment.id);
+        let id: Arc<str> = deployment.id.as_str().into();
+        self.deployment_apps.insert(app_key(&deployment.app, &deployment.workspace).into(), id.clone());
+        for host in &deployment.domains {
+            self.deployment_domains.insert(host.as_str().into(), id.clone());
+        }
+        self.deployments.insert(id, Arc::new(deployment));
+    }
+
+    fn remove_deployment(&mut self, id: &str) {
+        if let Some(old) = self.deployments.remove(id) {
+            // Only keys that still name this deployment: a host may have moved to another one.
+            let app = app_key(&old.app, &old.workspace);
+            if self.deployment_apps.get(app.as_str()).is_some_and(|d| **d == *id) {
+                self.deployment_apps.remove(app.as_str());
+            }
+            for host in &old.domains {
+                if self.deployment_domains.get(host.as_str()).is_some_and(|d| **d == *id) {
+                    self.deployment_domains.remove(host.as_str());
+                }
+            }
+        }
     }
 
     fn upsert_preview(&mut self, preview: wire::Preview) {
@@ -193,6 +357,11 @@ impl EdgeState {
         let last = self.last_sync_unix_ms.load(Ordering::Relaxed);
         (last > 0).then(|| unix_ms(SystemTime::now()).saturating_sub(last) as f64 / 1000.0)
     }
+}
+
+/// The key of a deployment's template host in [`Snapshot::deployment_apps`].
+pub fn app_key(app: &str, workspace: &str) -> String {
+    format!("{app}.{workspace}")
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {

@@ -107,10 +107,16 @@ impl Control {
     }
 
     pub async fn start_on(data_dir: &Path, port: u16) -> Control {
+        Self::start_with(data_dir, port, &[]).await
+    }
+
+    /// With extra flags, e.g. `--wake-url`.
+    pub async fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Control {
         let child = portico()
             .args(["control", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .spawn()
             .expect("spawn control");
         let url = format!("http://127.0.0.1:{port}");

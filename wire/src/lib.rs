@@ -3,11 +3,15 @@
 pub mod hosts;
 pub mod ids;
 pub mod snapshot;
+pub mod tokens;
+pub mod usage;
 
 pub use hosts::{
     normalize_host, HostMatch, HostTemplate, TemplateError, TemplateKind, DEFAULT_HOST_TEMPLATES,
 };
 pub use snapshot::{
-    Branding, Change, FeedMessage, PerMinute, Preview, Rate, RateLimits, Sandbox, SandboxState, Settings,
-    Snapshot, Tenant, Visibility, WakePolicy,
+    AcmeChallenge, Certificate,
+    ActiveVersion, Deployment, HealthCheck, VersionTarget,
+    Branding, Change, CredentialLookup, FeedMessage, PerMinute, Preview, Rate, RateLimits, Sandbox, SandboxState, Settings,
+    Share, Snapshot, Tenant, Revocation, VerifyKey, Visibility, WakePolicy,
 };

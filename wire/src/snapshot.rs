@@ -98,6 +98,9 @@ pub struct Sandbox {
     /// Hex SHA-256 of the sandbox's preview-auth token; the token itself never leaves control's response.
     #[serde(default)]
     pub preview_auth_sha256: Option<String>,
+    /// CORS preflights (which carry no credential) of a running private sandbox go through unauthenticated.
+    #[serde(default)]
+    pub allow_preflight: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +112,125 @@ pub struct Preview {
     pub sandbox_id: String,
     pub port: u16,
     pub visibility: Visibility,
+}
+
+/// A public key edges verify `mp_` preview tokens with, named by the `kid` in each token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKey {
+    pub kid: String,
+    /// Ed25519 public key, base64url without padding.
+    pub public_key: String,
+}
+
+/// A revoked preview token, kept until it would have expired anyway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub jti: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A share link (`ms_` token) of one preview, known to edges by the token's SHA-256 only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    pub id: String,
+    pub tenant_id: String,
+    pub preview_id: String,
+    /// Hex SHA-256 of the `ms_` token.
+    pub sha256: String,
+    /// Unix seconds; `None`: until revoked.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// Whether a password must be given before the share opens.
+    #[serde(default)]
+    pub password: bool,
+}
+
+/// What control knows of a hashed credential an edge has not seen in its snapshot yet (a token minted
+/// a moment ago).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialLookup {
+    Share { share: Share },
+    PreviewAuth { sandbox_id: String },
+}
+
+/// How an edge checks a runtime version's instances: `GET path` expecting 2xx/3xx, or a TCP connect when
+/// there is no path, every `interval_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub path: Option<String>,
+    pub interval_ms: u64,
+}
+
+/// What a deployment version serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionTarget {
+    /// Load-balanced instances (`ip:port`).
+    Runtime {
+        instances: Vec<String>,
+        #[serde(default)]
+        health_check: Option<HealthCheck>,
+    },
+    /// A static release, served by the edge itself; the id is the SHA-256 of its `.tar.gz`.
+    Release { sha256: String },
+}
+
+/// The version a deployment serves now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveVersion {
+    pub id: String,
+    pub number: u64,
+    pub target: VersionTarget,
+}
+
+/// A published app: reached at `{app}.{workspace}` through the deployment host template and at its
+/// custom domains (exact hosts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub id: String,
+    pub tenant_id: String,
+    pub app: String,
+    pub workspace: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// `None` until a version is promoted: the host answers 404.
+    #[serde(default)]
+    pub active: Option<ActiveVersion>,
+}
+
+/// A certificate the edges serve over HTTPS, by the names in its SAN: uploaded through the API or issued
+/// by ACME. `hostname` names the record (`*.example.app` for a wildcard).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub hostname: String,
+    /// Full chain, leaf first.
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Never prints the private key.
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate").field("hostname", &self.hostname).finish_non_exhaustive()
+    }
+}
+
+/// An ACME HTTP-01 challenge any edge answers at `/.well-known/acme-challenge/{token}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeChallenge {
+    pub token: String,
+    pub key_authorization: String,
 }
 
 /// Settings that come from control's command line rather than the API.
@@ -127,6 +249,18 @@ pub struct Snapshot {
     pub tenants: Vec<Tenant>,
     pub sandboxes: Vec<Sandbox>,
     pub previews: Vec<Preview>,
+    #[serde(default)]
+    pub verify_keys: Vec<VerifyKey>,
+    #[serde(default)]
+    pub revocations: Vec<Revocation>,
+    #[serde(default)]
+    pub shares: Vec<Share>,
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    #[serde(default)]
+    pub acme_challenges: Vec<AcmeChallenge>,
 }
 
 /// One change to the state, carrying the object's whole current value (or its deletion).
@@ -140,9 +274,23 @@ pub enum Change {
     DeleteSandbox { id: String },
     UpsertPreview { preview: Preview },
     DeletePreview { id: String },
+    UpsertVerifyKey { key: VerifyKey },
+    DeleteVerifyKey { kid: String },
+    UpsertRevocation { revocation: Revocation },
+    DeleteRevocation { jti: String },
+    UpsertShare { share: Share },
+    DeleteShare { id: String },
+    UpsertDeployment { deployment: Deployment },
+    DeleteDeployment { id: String },
+    UpsertCertificate { certificate: Certificate },
+    DeleteCertificate { hostname: String },
+    UpsertAcmeChallenge { challenge: AcmeChallenge },
+    DeleteAcmeChallenge { token: String },
 }
 
 /// One answer of the feed endpoint.
+// One value per long-poll answer, moved once: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FeedMessage {
@@ -171,6 +319,7 @@ mod tests {
                         default_visibility: Visibility::Private,
                         wake_policy: WakePolicy::OnRequest,
                         preview_auth_sha256: None,
+                        allow_preflight: false,
                     },
                 },
             ],

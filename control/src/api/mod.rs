@@ -1,8 +1,16 @@
 //! The HTTP surface: one router for the tenant/admin API (SPEC §3) and the edge feed.
 
+mod deployments;
+mod edge;
 mod previews;
+mod releases;
 mod sandboxes;
+mod shares;
+mod certificates;
 mod tenants;
+mod tokens;
+mod usage;
+mod wake;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -28,14 +36,38 @@ pub fn router(app: App) -> Router {
         .route("/v1/tenant/frame-ancestors", put(tenants::put_frame_ancestors))
         .route("/v1/tenant/rate-limits", put(tenants::put_rate_limits))
         .route("/v1/tenant/preview-domain", post(tenants::set_preview_domain))
+        .route("/v1/tenant/preview-domain/verify", post(tenants::verify_preview_domain))
+        .route("/v1/certificates", get(certificates::list))
+        .route("/v1/certificates/{hostname}", put(certificates::put).delete(certificates::delete))
+        .route("/v1/certificates/{hostname}/renew", post(certificates::renew))
         .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
         .route("/v1/sandboxes/{id}", get(sandboxes::show).patch(sandboxes::update).delete(sandboxes::delete))
         .route("/v1/sandboxes/{id}/hibernate", post(sandboxes::hibernate))
         .route("/v1/sandboxes/{id}/preview-auth/rotate", post(sandboxes::rotate_preview_auth))
+        .route("/v1/sandboxes/{id}/wake", post(wake::wake))
         .route("/v1/sandboxes/{id}/previews", post(previews::create))
         .route("/v1/previews", get(previews::list))
         .route("/v1/previews/{id}", get(previews::show).delete(previews::delete))
+        .route("/v1/previews/{id}/shares", post(shares::create).get(shares::list))
+        .route("/v1/shares/{id}", axum::routing::delete(shares::delete))
+        .route("/v1/preview-tokens", post(tokens::mint))
+        .route("/v1/preview-tokens/{jti}", axum::routing::delete(tokens::revoke))
+        .route("/v1/signing-keys", get(tokens::list_keys))
+        .route("/v1/signing-keys/rotate", post(tokens::rotate_key))
+        .route("/v1/deployments", post(deployments::create).get(deployments::list))
+        .route("/v1/deployments/{id}", get(deployments::show).delete(deployments::delete))
+        .route("/v1/deployments/{id}/versions", post(deployments::create_version))
+        .route("/v1/deployments/{id}/promote", post(deployments::promote))
+        .route("/v1/deployments/{id}/domains", post(deployments::add_domain))
+        .route("/v1/deployments/{id}/domains/{hostname}", axum::routing::delete(deployments::delete_domain))
+        .route("/v1/releases/{sha256}", put(releases::upload))
+        .route("/v1/usage", get(usage::show))
+        .route("/v1/edge/releases/{sha256}", get(releases::fetch))
+        .route("/v1/edge/usage", post(usage::ingest))
         .route("/v1/edge/feed", get(crate::feed::handler))
+        .route("/v1/edge/activity", post(wake::activity))
+        .route("/v1/edge/credentials/{hash}", get(edge::lookup))
+        .route("/v1/edge/shares/{id}/password", post(edge::check_password))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             let body = serde_json::json!({

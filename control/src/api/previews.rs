@@ -30,7 +30,7 @@ pub struct ListQuery {
     sandbox_id: Option<String>,
 }
 
-fn url(app: &App, row: &PreviewRow) -> ApiResult<String> {
+pub fn url(app: &App, row: &PreviewRow) -> ApiResult<String> {
     let Some(template) = &app.url_template else { return Ok(String::new()) };
     let host = template.render(Some(row.port()?), &row.sandbox_id, &row.slug, "", "");
     Ok(match app.public_port {
@@ -52,7 +52,7 @@ fn view(app: &App, row: &PreviewRow) -> ApiResult<Value> {
     }))
 }
 
-async fn load_owned(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> ApiResult<PreviewRow> {
+pub async fn load_owned(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> ApiResult<PreviewRow> {
     owned(db::preview(conn, id).await?, |p| p.tenant_id.as_str(), tenant_id, "preview")
 }
 

@@ -58,6 +58,8 @@ pub struct CreateSandbox {
     external_project_id: Option<String>,
     #[serde(default)]
     metadata: Option<Value>,
+    #[serde(default)]
+    allow_preflight: bool,
 }
 
 /// Tells "absent" (keep) from `null` (clear) in a PATCH body.
@@ -82,12 +84,17 @@ pub struct UpdateSandbox {
     external_project_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     metadata: Option<Option<Value>>,
+    #[serde(default)]
+    allow_preflight: Option<bool>,
 }
 
 #[derive(Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
     external_user_id: Option<String>,
+    /// Only running sandboxes without a request for at least this many seconds: candidates to suspend.
+    #[serde(default)]
+    idle_for: Option<u64>,
 }
 
 pub fn view(row: &SandboxRow) -> ApiResult<Value> {
@@ -103,6 +110,7 @@ pub fn view(row: &SandboxRow) -> ApiResult<Value> {
         "metadata": row.metadata()?,
         "created_at": timestamp(row.created_at),
         "last_request_at": row.last_request_at.map(timestamp),
+        "allow_preflight": row.allow_preflight != 0,
     }))
 }
 
@@ -163,7 +171,7 @@ pub async fn create(
         }
     };
     let sql = format!(
-        "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)"
+        "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12)"
     );
     sqlx::query(&sql)
         .bind(&id)
@@ -177,6 +185,7 @@ pub async fn create(
         .bind(external_project_id)
         .bind(metadata)
         .bind(created_at)
+        .bind(i64::from(body.allow_preflight))
         .execute(write.conn())
         .await?;
     let row = load_owned(write.conn(), &key.tenant_id, &id).await?;
@@ -194,21 +203,25 @@ pub async fn list(
     key: TenantKey,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<Value>>> {
-    let rows: Vec<SandboxRow> = match &query.external_user_id {
-        Some(user) => {
-            let sql = format!(
-                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE tenant_id = $1 AND external_user_id = $2 \
-                 ORDER BY created_at, id"
-            );
-            sqlx::query_as(&sql).bind(&key.tenant_id).bind(user).fetch_all(&app.pool).await?
-        }
-        None => {
-            let sql = format!(
-                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE tenant_id = $1 ORDER BY created_at, id"
-            );
-            sqlx::query_as(&sql).bind(&key.tenant_id).fetch_all(&app.pool).await?
-        }
-    };
+    let mut sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE tenant_id = $1");
+    if query.external_user_id.is_some() {
+        sql.push_str(" AND external_user_id = $2");
+    }
+    // Never requested: idle since it was created.
+    let idle_since = query.idle_for.map(|secs| {
+        let n = if query.external_user_id.is_some() { 3 } else { 2 };
+        sql.push_str(&format!(" AND state = ${n} AND COALESCE(last_request_at, created_at) <= ${}", n + 1));
+        now_ms().saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
+    });
+    sql.push_str(" ORDER BY created_at, id");
+    let mut select = sqlx::query_as(&sql).bind(&key.tenant_id);
+    if let Some(user) = &query.external_user_id {
+        select = select.bind(user);
+    }
+    if let Some(since) = idle_since {
+        select = select.bind(enum_text(SandboxState::Running)).bind(since);
+    }
+    let rows: Vec<SandboxRow> = select.fetch_all(&app.pool).await?;
     Ok(Json(rows.iter().map(view).collect::<ApiResult<_>>()?))
 }
 
@@ -236,7 +249,7 @@ pub async fn update(
     let row = load_owned(write.conn(), &key.tenant_id, &id).await?;
     sqlx::query(
         "UPDATE sandboxes SET address = $1, state = $2, default_visibility = $3, wake_policy = $4, \
-         external_user_id = $5, external_project_id = $6, metadata = $7 WHERE id = $8",
+         external_user_id = $5, external_project_id = $6, metadata = $7, allow_preflight = $8 WHERE id = $9",
     )
     .bind(address.unwrap_or(row.address))
     .bind(body.state.map(|s| enum_text(SandboxState::from(s))).unwrap_or(row.state))
@@ -245,6 +258,7 @@ pub async fn update(
     .bind(external_user_id.unwrap_or(row.external_user_id))
     .bind(external_project_id.unwrap_or(row.external_project_id))
     .bind(metadata.unwrap_or(row.metadata))
+    .bind(body.allow_preflight.map_or(row.allow_preflight, i64::from))
     .bind(&id)
     .execute(write.conn())
     .await?;

@@ -97,6 +97,7 @@ pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> Api
         .bind(&id)
         .fetch_all(write.conn())
         .await?;
+    crate::deployments::delete_for_tenant(&mut write, &id).await?;
     for sql in [
         "DELETE FROM previews WHERE tenant_id = $1",
         "DELETE FROM sandboxes WHERE tenant_id = $1",
@@ -112,7 +113,13 @@ pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> Api
 }
 
 pub async fn show(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Value>> {
-    Ok(Json(view(&app, &load(&app, &key.tenant_id).await?)?))
+    let row = load(&app, &key.tenant_id).await?;
+    let mut v = view(&app, &row)?;
+    if let Some(hostname) = &row.preview_domain {
+        let mut conn = app.pool.acquire().await?;
+        v["preview_domain"]["certificate"] = crate::certificates::status(&mut conn, hostname).await?;
+    }
+    Ok(Json(v))
 }
 
 /// Sets one JSON column of the caller's tenant and answers with the whole tenant.
@@ -223,4 +230,38 @@ pub async fn set_preview_domain(
     write.commit(&app.notify).await?;
     let body = json!({ "hostname": hostname, "status": "pending", "cname_target": app.cname_target });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Checks the preview domain's CNAME now: `verified` once it points at `cname_target` (then
+/// `{slug}.<domain>` routes, and ACME orders its certificates). Otherwise the status stays as it was
+/// (a verified domain is not dropped for one failed look-up) and `reason` says what DNS answered.
+pub async fn verify_preview_domain(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Value>> {
+    let row = load(&app, &key.tenant_id).await?;
+    let Some(hostname) = row.preview_domain.clone() else {
+        return Err(ApiError::NotFound("no preview domain: POST /v1/tenant/preview-domain first".into()));
+    };
+    let status = row.preview_domain_status.clone().unwrap_or_else(|| "pending".into());
+    match app.dns.check_cname(&hostname, &app.cname_target).await {
+        Ok(()) => {
+            if status != "verified" {
+                let mut write = Write::begin(&app.pool).await?;
+                sqlx::query(
+                    "UPDATE tenants SET preview_domain_status = 'verified' WHERE id = $1 AND preview_domain = $2",
+                )
+                .bind(&key.tenant_id)
+                .bind(&hostname)
+                .execute(write.conn())
+                .await?;
+                write.touch(Kind::Tenant, &key.tenant_id);
+                write.commit(&app.notify).await?;
+            }
+            Ok(Json(json!({ "hostname": hostname, "status": "verified", "cname_target": app.cname_target })))
+        }
+        Err(reason) => Ok(Json(json!({
+            "hostname": hostname,
+            "status": status,
+            "cname_target": app.cname_target,
+            "reason": reason,
+        }))),
+    }
 }

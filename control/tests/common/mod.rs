@@ -29,6 +29,13 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         public_scheme: "http".into(),
         public_port: Some(8080),
         cname_target: "edge.example.net".into(),
+        wake_url: None,
+        wake_secret: None,
+        wake_url_timeout: std::time::Duration::from_secs(5),
+        release_limits: Default::default(),
+        acme_directory: None,
+        acme_ca_file: None,
+        dns_resolver: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn snap() -> Snapshot {
         default_visibility: Visibility::Private,
         wake_policy: WakePolicy::OnRequest,
         preview_auth_sha256: None,
+        allow_preflight: false,
     };
     Snapshot::from_wire(wire::Snapshot {
         version: 1,
@@ -44,6 +45,12 @@ fn snap() -> Snapshot {
                 visibility: Visibility::Public,
             },
         ],
+        verify_keys: vec![],
+        revocations: vec![],
+        shares: vec![],
+        deployments: vec![],
+        certificates: vec![],
+        acme_challenges: vec![],
     })
     .expect("compiles")
 }
@@ -51,19 +58,19 @@ fn snap() -> Snapshot {
 #[test]
 fn sandbox_port_host_follows_the_sandbox_visibility() {
     let r = resolve(&snap(), "3000-sbxa0001.sandbox.localhost:8080").expect("routes");
-    assert_eq!((r.sandbox.id.as_str(), r.port, r.visibility), ("sbxa0001", 3000, Visibility::Private));
+    assert_eq!((r.sandbox().expect("sandbox").id.as_str(), r.port(), r.visibility), ("sbxa0001", Some(3000), Visibility::Private));
     assert_eq!(r.tenant.tenant.id, "tn_a");
 }
 
 #[test]
 fn preview_slug_routes_to_its_port_with_its_visibility() {
     let r = resolve(&snap(), "SLUGAAAA.preview.localhost").expect("routes");
-    assert_eq!((r.port, r.visibility, r.kind), (5173, Visibility::Public, RouteKind::Preview));
+    assert_eq!((r.port(), r.visibility, r.kind), (Some(5173), Visibility::Public, RouteKind::Preview));
 }
 
 #[test]
 fn verified_tenant_domain_routes_only_its_own_previews() {
-    assert_eq!(resolve(&snap(), "slugaaaa.preview.acme.dev").expect("routes").port, 5173);
+    assert_eq!(resolve(&snap(), "slugaaaa.preview.acme.dev").expect("routes").port(), Some(5173));
     assert_eq!(resolve(&snap(), "slugbbbb.preview.acme.dev").err(), Some(EdgeError::NotFound));
 }
 

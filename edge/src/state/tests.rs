@@ -23,6 +23,7 @@ fn wire_snapshot() -> wire::Snapshot {
             default_visibility: Visibility::Public,
             wake_policy: WakePolicy::OnRequest,
             preview_auth_sha256: None,
+            allow_preflight: false,
         }],
         previews: vec![Preview {
             id: "pv_1".into(),
@@ -32,6 +33,12 @@ fn wire_snapshot() -> wire::Snapshot {
             port: 3000,
             visibility: Visibility::Public,
         }],
+        verify_keys: vec![],
+        revocations: vec![],
+        shares: vec![],
+        deployments: vec![],
+        certificates: vec![],
+        acme_challenges: vec![],
     }
 }
 

@@ -1,0 +1,398 @@
+//! Deployments: published apps at `{app}.{workspace}.apps.…` and their custom domains, serving the active
+//! version. Promoting an older version is a rollback; either is one feed change, in force at every edge
+//! within a second.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use portico_wire::{ids, normalize_host, HealthCheck, VersionTarget};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::AnyConnection;
+
+use super::{owned, timestamp};
+use crate::auth::TenantKey;
+use crate::db::{now_ms, Kind, Write};
+use crate::deployments::{self, DeploymentRow, VersionRow, DEPLOYMENT_COLUMNS, VERSION_COLUMNS};
+use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::releases::is_release_id;
+use crate::{keys, App};
+
+const MAX_INSTANCES: usize = 64;
+const DEFAULT_INTERVAL_MS: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    name: String,
+    workspace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckBody {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVersion {
+    #[serde(default)]
+    instances: Option<Vec<String>>,
+    #[serde(default)]
+    health_check: Option<HealthCheckBody>,
+    #[serde(default)]
+    release: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    version_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDomain {
+    hostname: String,
+}
+
+fn hostname(app: &App, row: &DeploymentRow) -> String {
+    app.app_template.as_ref().map(|t| t.render(None, "", "", &row.name, &row.workspace)).unwrap_or_default()
+}
+
+fn version_view(v: &VersionRow) -> ApiResult<Value> {
+    let mut body = json!({ "id": v.id, "number": v.number(), "created_at": timestamp(v.created_at) });
+    match v.target()? {
+        VersionTarget::Runtime { instances, health_check } => {
+            body["instances"] = json!(instances);
+            body["health_check"] = json!(health_check);
+        }
+        VersionTarget::Release { sha256 } => body["release"] = json!(sha256),
+    }
+    Ok(body)
+}
+
+async fn view(app: &App, conn: &mut AnyConnection, row: &DeploymentRow) -> ApiResult<Value> {
+    let versions: Vec<VersionRow> = sqlx::query_as(&format!(
+        "SELECT {VERSION_COLUMNS} FROM deployment_versions WHERE deployment_id = $1 ORDER BY number"
+    ))
+    .bind(&row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let history: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT version_id, promoted_at FROM deployment_promotions WHERE deployment_id = $1 ORDER BY promoted_at",
+    )
+    .bind(&row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let number = |id: &str| versions.iter().find(|v| v.id == id).map(VersionRow::number);
+    let active = row.active_version_id.as_deref().and_then(|id| versions.iter().find(|v| v.id == id));
+    let domains = deployments::domains(conn, &row.id).await?;
+    Ok(json!({
+        "id": row.id,
+        "name": row.name,
+        "workspace": row.workspace,
+        "hostname": hostname(app, row),
+        "active_version": active.map(version_view).transpose()?,
+        "versions": versions.iter().map(version_view).collect::<ApiResult<Vec<_>>>()?,
+        "history": history.iter().map(|(id, at)| json!({
+            "version_id": id, "number": number(id), "promoted_at": timestamp(*at),
+        })).collect::<Vec<_>>(),
+        "domains": domains.iter().map(|h| json!({ "hostname": h })).collect::<Vec<_>>(),
+        "created_at": timestamp(row.created_at),
+    }))
+}
+
+async fn load_owned(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> ApiResult<DeploymentRow> {
+    owned(deployments::deployment(conn, id).await?, |d| d.tenant_id.as_str(), tenant_id, "deployment")
+}
+
+pub async fn create(
+    State(app): State<App>,
+    key: TenantKey,
+    ApiJson(body): ApiJson<CreateDeployment>,
+) -> ApiResult<Response> {
+    for (field, value) in [("name", &body.name), ("workspace", &body.workspace)] {
+        if !ids::is_dns_label(value) {
+            return Err(ApiError::invalid(
+                field,
+                "must be lowercase letters, digits and '-', 1 to 63 characters",
+            ));
+        }
+    }
+    let mut write = Write::begin(&app.pool).await?;
+    let clash: Option<String> =
+        sqlx::query_scalar("SELECT id FROM deployments WHERE name = $1 AND workspace = $2")
+            .bind(&body.name)
+            .bind(&body.workspace)
+            .fetch_optional(write.conn())
+            .await?;
+    if clash.is_some() {
+        return Err(ApiError::Conflict(format!("{}.{} is already taken", body.name, body.workspace)));
+    }
+    let row = DeploymentRow {
+        id: format!("dp_{}", keys::random_alnum(16)),
+        tenant_id: key.tenant_id,
+        name: body.name,
+        workspace: body.workspace,
+        active_version_id: None,
+        created_at: now_ms(),
+    };
+    sqlx::query(&format!("INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"))
+        .bind(&row.id)
+        .bind(&row.tenant_id)
+        .bind(&row.name)
+        .bind(&row.workspace)
+        .bind(&row.active_version_id)
+        .bind(row.created_at)
+        .execute(write.conn())
+        .await?;
+    write.touch(Kind::Deployment, &row.id);
+    let body = view(&app, write.conn(), &row).await?;
+    write.commit(&app.notify).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Vec<Value>>> {
+    let mut conn = app.pool.acquire().await?;
+    let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE tenant_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(&key.tenant_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(view(&app, &mut conn, row).await?);
+    }
+    Ok(Json(out))
+}
+
+pub async fn show(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<Json<Value>> {
+    let mut conn = app.pool.acquire().await?;
+    let row = load_owned(&mut conn, &key.tenant_id, &id).await?;
+    Ok(Json(view(&app, &mut conn, &row).await?))
+}
+
+pub async fn delete(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<StatusCode> {
+    let mut write = Write::begin(&app.pool).await?;
+    load_owned(write.conn(), &key.tenant_id, &id).await?;
+    deployments::delete(&mut write, &id).await?;
+    write.commit(&app.notify).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks a version body into what is stored: instances + health check, or a release this tenant uploaded.
+async fn target(conn: &mut AnyConnection, tenant_id: &str, body: CreateVersion) -> ApiResult<VersionTarget> {
+    match (body.instances, body.release) {
+        (Some(instances), None) => {
+            if instances.is_empty() || instances.len() > MAX_INSTANCES {
+                return Err(ApiError::invalid(
+                    "instances",
+                    format!("must list 1 to {MAX_INSTANCES} \"ip:port\""),
+                ));
+            }
+            let mut canonical = Vec::with_capacity(instances.len());
+            for (i, instance) in instances.iter().enumerate() {
+                match instance.parse::<SocketAddr>() {
+                    Ok(addr) if addr.port() != 0 => canonical.push(addr.to_string()),
+                    _ => return Err(ApiError::invalid(&format!("instances[{i}]"), "must be \"ip:port\"")),
+                }
+            }
+            let health_check = body.health_check.map(health_check).transpose()?;
+            Ok(VersionTarget::Runtime { instances: canonical, health_check })
+        }
+        (None, Some(sha256)) => {
+            if body.health_check.is_some() {
+                return Err(ApiError::invalid("health_check", "only applies to instances"));
+            }
+            let sha256 = sha256.to_ascii_lowercase();
+            if !is_release_id(&sha256) {
+                return Err(ApiError::invalid("release", "must be the SHA-256 (hex) of an uploaded release"));
+            }
+            let known: Option<String> =
+                sqlx::query_scalar("SELECT sha256 FROM releases WHERE sha256 = $1 AND tenant_id = $2")
+                    .bind(&sha256)
+                    .bind(tenant_id)
+                    .fetch_optional(conn)
+                    .await?;
+            if known.is_none() {
+                return Err(ApiError::invalid("release", "not uploaded: PUT /v1/releases/{sha256} first"));
+            }
+            Ok(VersionTarget::Release { sha256 })
+        }
+        _ => Err(ApiError::invalid("body", "give either instances or release")),
+    }
+}
+
+fn health_check(body: HealthCheckBody) -> ApiResult<HealthCheck> {
+    let interval_ms = body.interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
+    if !(100..=3_600_000).contains(&interval_ms) {
+        return Err(ApiError::invalid("health_check.interval_ms", "must be between 100 and 3600000"));
+    }
+    if let Some(path) = &body.path {
+        let printable = path.bytes().all(|b| b.is_ascii_graphic());
+        if !path.starts_with('/') || path.len() > 1024 || !printable {
+            return Err(ApiError::invalid("health_check.path", "must be an absolute path such as /healthz"));
+        }
+    }
+    Ok(HealthCheck { path: body.path, interval_ms })
+}
+
+pub async fn create_version(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<CreateVersion>,
+) -> ApiResult<Response> {
+    // A write, although edges see nothing until a promote: it serialises version numbering.
+    let mut write = Write::begin(&app.pool).await?;
+    load_owned(write.conn(), &key.tenant_id, &id).await?;
+    let target = target(write.conn(), &key.tenant_id, body).await?;
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(number) FROM deployment_versions WHERE deployment_id = $1")
+            .bind(&id)
+            .fetch_one(write.conn())
+            .await?;
+    let (instances, health_check, release) = match &target {
+        VersionTarget::Runtime { instances, health_check } => {
+            (Some(to_json(instances)?), health_check.as_ref().map(to_json).transpose()?, None)
+        }
+        VersionTarget::Release { sha256 } => (None, None, Some(sha256.clone())),
+    };
+    let row = VersionRow {
+        id: format!("dv_{}", keys::random_alnum(16)),
+        deployment_id: id,
+        number: last.unwrap_or(0) + 1,
+        instances,
+        health_check,
+        release_sha256: release,
+        created_at: now_ms(),
+    };
+    sqlx::query(&format!(
+        "INSERT INTO deployment_versions ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    ))
+    .bind(&row.id)
+    .bind(&row.deployment_id)
+    .bind(row.number)
+    .bind(&row.instances)
+    .bind(&row.health_check)
+    .bind(&row.release_sha256)
+    .bind(row.created_at)
+    .execute(write.conn())
+    .await?;
+    write.commit(&app.notify).await?;
+    Ok((StatusCode::CREATED, Json(version_view(&row)?)).into_response())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> ApiResult<String> {
+    serde_json::to_string(value).map_err(|e| ApiError::Internal(format!("serialising a version: {e}")))
+}
+
+pub async fn promote(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<Promote>,
+) -> ApiResult<Json<Value>> {
+    let mut write = Write::begin(&app.pool).await?;
+    let mut row = load_owned(write.conn(), &key.tenant_id, &id).await?;
+    let version = deployments::version(write.conn(), &body.version_id).await?;
+    if version.is_none_or(|v| v.deployment_id != id) {
+        return Err(ApiError::invalid("version_id", "no such version of this deployment"));
+    }
+    sqlx::query("UPDATE deployments SET active_version_id = $1 WHERE id = $2")
+        .bind(&body.version_id)
+        .bind(&id)
+        .execute(write.conn())
+        .await?;
+    sqlx::query(
+        "INSERT INTO deployment_promotions (deployment_id, version_id, promoted_at) VALUES ($1, $2, $3)",
+    )
+    .bind(&id)
+    .bind(&body.version_id)
+    .bind(now_ms())
+    .execute(write.conn())
+    .await?;
+    write.touch(Kind::Deployment, &id);
+    row.active_version_id = Some(body.version_id);
+    let view = view(&app, write.conn(), &row).await?;
+    write.commit(&app.notify).await?;
+    Ok(Json(view))
+}
+
+pub async fn add_domain(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<AddDomain>,
+) -> ApiResult<Response> {
+    let host = normalize_host(&body.hostname).unwrap_or_default().to_string();
+    if !ids::is_hostname(&host) || host != body.hostname.trim().trim_end_matches('.').to_ascii_lowercase() {
+        return Err(ApiError::invalid("hostname", "must be a host name such as app.example.com"));
+    }
+    // A host a template routes already names something else (possibly another tenant's sandbox).
+    if app.templates.iter().any(|t| t.matches(&host).is_some()) {
+        return Err(ApiError::invalid("hostname", "is a host Portico routes by its templates"));
+    }
+    let mut write = Write::begin(&app.pool).await?;
+    load_owned(write.conn(), &key.tenant_id, &id).await?;
+    let taken: Option<String> =
+        sqlx::query_scalar("SELECT deployment_id FROM deployment_domains WHERE hostname = $1")
+            .bind(&host)
+            .fetch_optional(write.conn())
+            .await?;
+    let preview_domain: Option<String> =
+        sqlx::query_scalar("SELECT id FROM tenants WHERE preview_domain = $1")
+            .bind(&host)
+            .fetch_optional(write.conn())
+            .await?;
+    match taken {
+        Some(owner) if owner == id => {
+            return Ok((StatusCode::OK, Json(json!({ "hostname": host }))).into_response())
+        }
+        Some(_) => return Err(ApiError::Conflict(format!("{host} is already in use"))),
+        None if preview_domain.is_some() => {
+            return Err(ApiError::Conflict(format!("{host} is already in use")))
+        }
+        None => {}
+    }
+    sqlx::query("INSERT INTO deployment_domains (hostname, deployment_id, tenant_id, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&host)
+        .bind(&id)
+        .bind(&key.tenant_id)
+        .bind(now_ms())
+        .execute(write.conn())
+        .await?;
+    write.touch(Kind::Deployment, &id);
+    write.commit(&app.notify).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "hostname": host }))).into_response())
+}
+
+pub async fn delete_domain(
+    State(app): State<App>,
+    key: TenantKey,
+    Path((id, hostname)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let host = normalize_host(&hostname).unwrap_or_default().to_string();
+    let mut write = Write::begin(&app.pool).await?;
+    load_owned(write.conn(), &key.tenant_id, &id).await?;
+    let done = sqlx::query("DELETE FROM deployment_domains WHERE hostname = $1 AND deployment_id = $2")
+        .bind(&host)
+        .bind(&id)
+        .execute(write.conn())
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("domain"));
+    }
+    write.touch(Kind::Deployment, &id);
+    write.commit(&app.notify).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,237 @@
+//! Static releases end to end: upload to control, promote, served by the edge from its state dir.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{until_status, Api, Control, Stack};
+use serde_json::json;
+
+const APP_JS: &str = "export function hello(name) { return `hello ${name}`; }\n";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `.tar.gz` of `(path, type, data)` entries; names are written raw so hostile ones can be built too.
+fn archive(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    for (name, kind, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        if kind.is_symlink() {
+            h.set_link_name("../../snapshot.json").unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn site() -> Vec<u8> {
+    let big = "<p>docs</p>\n".repeat(400);
+    archive(&[
+        ("index.html", tar::EntryType::Regular, b"<h1>home</h1>"),
+        ("404.html", tar::EntryType::Regular, b"<h1>custom not found</h1>"),
+        ("docs/", tar::EntryType::Directory, b""),
+        ("docs/index.html", tar::EntryType::Regular, big.as_bytes()),
+        ("docs/guide/", tar::EntryType::Directory, b""),
+        ("docs/guide/page.html", tar::EntryType::Regular, b"<p>nested page</p>"),
+        ("assets/app.js", tar::EntryType::Regular, APP_JS.as_bytes()),
+    ])
+}
+
+async fn upload(api: &Api, bytes: &[u8], sha: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/releases/{sha}", api.url))
+        .bearer_auth(&api.key)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+fn stored(control: &Control) -> Vec<String> {
+    std::fs::read_dir(control.data_dir.join("releases"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A deployment serving `bytes` as its active release; returns its host.
+async fn static_site(stack: &Stack, tenant: &Api, bytes: &[u8]) -> String {
+    let sha = sha256_hex(bytes);
+    assert_eq!(upload(tenant, bytes, &sha).await.0, 201);
+    let d =
+        tenant.ok("POST", "/v1/deployments", Some(json!({"name": "site", "workspace": "acme"})), 201).await;
+    let id = d["id"].as_str().unwrap();
+    let v = tenant
+        .ok("POST", &format!("/v1/deployments/{id}/versions"), Some(json!({"release": sha})), 201)
+        .await;
+    tenant
+        .ok("POST", &format!("/v1/deployments/{id}/promote"), Some(json!({"version_id": v["id"]})), 200)
+        .await;
+    let host = d["hostname"].as_str().unwrap().to_string();
+    until_status(&stack.edge.client(), &stack.edge.url(&host, "/"), 200, Duration::from_secs(5)).await;
+    host
+}
+
+#[tokio::test]
+async fn a_static_release_serves_nested_files_with_etags_ranges_and_compression() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let bytes = site();
+    let host = static_site(&stack, &tenant, &bytes).await;
+    // Uploading the same release again stores nothing new.
+    let sha = sha256_hex(&bytes);
+    assert_eq!(upload(&tenant, &bytes, &sha).await.0, 200);
+    assert_eq!(stored(&stack.control), [format!("{sha}.tar.gz")]);
+
+    let client = stack.edge.client();
+    let url = |path: &str| stack.edge.url(&host, path);
+    let root = client.get(url("/")).send().await.unwrap();
+    assert_eq!(root.status(), 200);
+    assert_eq!(root.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(root.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors"));
+    assert_eq!(root.text().await.unwrap(), "<h1>home</h1>");
+    for dir in ["/docs", "/docs/"] {
+        let text = client.get(url(dir)).send().await.unwrap().text().await.unwrap();
+        assert!(text.starts_with("<p>docs</p>"), "{dir} serves its index.html");
+    }
+    assert_eq!(
+        client.get(url("/docs/guide/page.html")).send().await.unwrap().text().await.unwrap(),
+        "<p>nested page</p>"
+    );
+
+    let js = client.get(url("/assets/app.js")).send().await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    let etag = js.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"'), "a strong validator: {etag}");
+    assert_eq!(js.text().await.unwrap(), APP_JS);
+    let cached = client.get(url("/assets/app.js")).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(cached.status(), 304);
+    assert!(cached.bytes().await.unwrap().is_empty());
+
+    let head = client.head(url("/assets/app.js")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], APP_JS.len().to_string());
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    let part = client.get(url("/assets/app.js")).header("range", "bytes=7-14").send().await.unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], format!("bytes 7-14/{}", APP_JS.len()));
+    assert_eq!(part.text().await.unwrap(), &APP_JS[7..=14]);
+    let beyond = client.get(url("/assets/app.js")).header("range", "bytes=9999-").send().await.unwrap();
+    assert_eq!(beyond.status(), 416);
+
+    let gz = client.get(url("/docs/")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let zipped = gz.bytes().await.unwrap();
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&zipped[..]).read_to_string(&mut plain).unwrap();
+    assert_eq!(plain, "<p>docs</p>\n".repeat(400));
+    assert!(zipped.len() < plain.len() / 4);
+    let br = client.get(url("/docs/")).header("accept-encoding", "br").send().await.unwrap();
+    assert_eq!(br.headers()["content-encoding"], "br");
+
+    let missing = client.get(url("/no/such/page")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.text().await.unwrap(), "<h1>custom not found</h1>", "the release's own 404.html");
+}
+
+/// Sends `path` byte for byte (no client normalisation) and returns the status and body.
+fn raw_get(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn no_spelling_of_a_path_escapes_the_release() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let host = static_site(&stack, &tenant, &site()).await;
+    let attempts = [
+        "/../snapshot.json",
+        "/../../snapshot.json",
+        "/docs/../../snapshot.json",
+        "/%2e%2e/snapshot.json",
+        "/%2E%2E/%2e%2e/snapshot.json",
+        "/%2e%2e%2fsnapshot.json",
+        "/docs%2f..%2f..%2f..%2fsnapshot.json",
+        "/..%5csnapshot.json",
+        "/docs\\..\\..\\snapshot.json",
+        "/index.html%00.js",
+        "/%00",
+        "/%252e%252e/snapshot.json",
+        "/%c0%ae%c0%ae/snapshot.json",
+        "/.%2e/.%2e/snapshot.json",
+    ];
+    let addr = stack.edge.addr;
+    for path in attempts {
+        let host = host.clone();
+        let (status, text) = tokio::task::spawn_blocking(move || raw_get(addr, &host, path)).await.unwrap();
+        assert!(status == 400 || status == 404, "{path} → {status}: {text}");
+        assert!(!text.contains("\"settings\""), "{path} leaked the edge's state: {text}");
+    }
+    // The release itself is still served.
+    assert_eq!(raw_get(addr, &host, "/docs/guide/page.html").0, 200);
+}
+
+#[tokio::test]
+async fn bad_archives_are_refused_with_422_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start_with(
+        &dir.path().join("control"),
+        common::free_port(),
+        &["--release-max-files", "3", "--release-max-bytes", "4096"],
+    )
+    .await;
+    let tenant = Api::admin(&control.url).tenant("acme").await;
+    let file = |name| (name, tar::EntryType::Regular, &b"x"[..]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("absolute", archive(&[file("/etc/cron.d/x")])),
+        ("'..'", archive(&[file("a/../../x")])),
+        ("link", archive(&[("evil", tar::EntryType::Symlink, &b""[..])])),
+        ("hard link", archive(&[("evil", tar::EntryType::Link, &b""[..])])),
+        ("more than 3 files", archive(&[file("a"), file("b"), file("c"), file("d")])),
+        ("larger than 4096", {
+            // Incompressible: random bytes.
+            let mut noise = vec![0u8; 20_000];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
+            archive(&[("noise.bin", tar::EntryType::Regular, &noise[..])])
+        }),
+        ("not gzip", b"just some text".to_vec()),
+    ];
+    for (what, bytes) in &cases {
+        let (status, body) = upload(&tenant, bytes, &sha256_hex(bytes)).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().starts_with("release: "),
+            "{what}: a reason: {body}"
+        );
+    }
+    let good = archive(&[file("index.html")]);
+    let (status, body) = upload(&tenant, &good, &"0".repeat(64)).await;
+    assert_eq!(status, 422, "a hash that does not match the body: {body}");
+    assert!(stored(&control).is_empty(), "nothing stored: {:?}", stored(&control));
+
+    // A version cannot name a release that was refused.
+    let d =
+        tenant.ok("POST", "/v1/deployments", Some(json!({"name": "site", "workspace": "acme"})), 201).await;
+    let path = format!("/v1/deployments/{}/versions", d["id"].as_str().unwrap());
+    let bad = sha256_hex(&cases[0].1);
+    assert_eq!(tenant.call("POST", &path, Some(json!({"release": bad}))).await.0, 422);
+}
