@@ -21,6 +21,7 @@ fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
         settings: Settings {
             host_templates: wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
+        default_rate_limits: Default::default(),
         },
         tenants: vec![Tenant {
             id: "tn_a".into(),

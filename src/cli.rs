@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use portico_control::{Control, ControlConfig};
 use portico_edge::EdgeConfig;
-use portico_wire::{HostTemplate, DEFAULT_HOST_TEMPLATES};
+use portico_wire::{HostTemplate, PerMinute, Rate, RateLimits, DEFAULT_HOST_TEMPLATES};
 
 #[derive(Parser, Debug)]
 #[command(name = "portico", version, about = "The front door of a cloud-sandbox platform")]
@@ -74,7 +74,44 @@ struct UpArgs {
     #[command(flatten)]
     releases: ReleaseArgs,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     common: Common,
+}
+
+/// Rate limits for tenants that set none of their own (`PUT /v1/tenant/rate-limits`).
+#[derive(Args, Debug)]
+struct LimitArgs {
+    /// Public routes, per client IP: `RPS/BURST`.
+    #[arg(long, env = "PORTICO_DEFAULT_PUBLIC_PER_IP", default_value = "100/400", value_parser = parse_rate)]
+    default_public_per_ip: Rate,
+    /// Private routes, per credential: `RPS/BURST`.
+    #[arg(long, env = "PORTICO_DEFAULT_PRIVATE_PER_TOKEN", default_value = "200/800", value_parser = parse_rate)]
+    default_private_per_token: Rate,
+    /// Failed credential checks per client IP and minute before it is locked out.
+    #[arg(long, env = "PORTICO_DEFAULT_AUTH_FAILURES_PER_MINUTE", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    default_auth_failures_per_minute: u32,
+}
+
+impl LimitArgs {
+    fn rate_limits(&self) -> RateLimits {
+        RateLimits {
+            public_per_ip: self.default_public_per_ip,
+            private_per_token: self.default_private_per_token,
+            auth_failures_per_ip: PerMinute { per_minute: self.default_auth_failures_per_minute },
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("{s:?}: expected RPS/BURST, two whole numbers from 1 to 1000000, e.g. 100/400");
+    let (rps, burst) = s.split_once('/').ok_or_else(bad)?;
+    let (rps, burst) = (rps.trim().parse::<u32>().map_err(|_| bad())?, burst.trim().parse::<u32>().map_err(|_| bad())?);
+    if !(1..=1_000_000).contains(&rps) || !(1..=1_000_000).contains(&burst) {
+        return Err(bad());
+    }
+    Ok(Rate { rps, burst })
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +140,8 @@ struct ControlArgs {
     acme: AcmeArgs,
     #[command(flatten)]
     releases: ReleaseArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -279,6 +318,7 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
             max_bytes: a.releases.release_max_bytes,
             max_files: a.releases.release_max_files,
         },
+        default_rate_limits: a.limits.rate_limits(),
         acme_directory: a.acme.acme_directory.clone(),
         acme_ca_file: a.acme.acme_ca_file.clone(),
         dns_resolver: a.acme.dns_resolver,
@@ -358,6 +398,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         wake: a.wake,
         acme: a.acme,
         releases: a.releases,
+        limits: a.limits,
         common: a.common,
     };
     let config = control_config(&control_args, Some(a.http.port()))?;

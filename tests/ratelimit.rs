@@ -370,3 +370,56 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn tenants_without_limits_of_their_own_follow_the_platform_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = common::Control::start_with(
+        &dir.path().join("control"),
+        common::free_port(),
+        &["--default-public-per-ip", "1/3", "--default-auth-failures-per-minute", "7"],
+    )
+    .await;
+    let edge = common::Edge::start(&control.url, &dir.path().join("edge")).await;
+    let admin = Api::admin(&control.url);
+    let tenant = admin.tenant("defaults").await;
+    let shown = tenant.ok("GET", "/v1/tenant", None, 200).await;
+    assert_eq!(shown["rate_limits"]["public_per_ip"], json!({"rps": 1, "burst": 3}));
+    assert_eq!(shown["rate_limits"]["auth_failures_per_ip"], json!({"per_minute": 7}));
+
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let sb = tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let url = edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
+    let client = client_from(&edge, "127.0.1.200");
+    until_status(&client, &url, 200, Duration::from_secs(2)).await;
+    let (passed, _) = until_limited(&client, &url, 20).await;
+    assert!(passed <= 3, "the default burst of 3 applies, {passed} passed");
+
+    // A tenant's own policy replaces the default.
+    set_limits(
+        &tenant,
+        json!({
+            "public_per_ip": {"rps": 1000, "burst": 1000},
+            "private_per_token": {"rps": 1000, "burst": 1000},
+            "auth_failures_per_ip": {"per_minute": 100}
+        }),
+    )
+    .await;
+    let other = client_from(&edge, "127.0.1.201");
+    until_status(&other, &url, 200, Duration::from_secs(2)).await;
+    for _ in 0..10 {
+        assert_eq!(get(&other, &url).await.0, 200);
+    }
+}
+
+#[test]
+fn bad_default_limit_flags_are_refused_with_a_clear_message() {
+    let out = common::portico()
+        .args(["control", "--check", "--default-public-per-ip", "fast"])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RPS/BURST"), "{err}");
+}

@@ -239,7 +239,8 @@ impl TenantRow {
         self.frame_ancestors.as_deref().map(|t| json_parse("frame_ancestors", t)).transpose()
     }
 
-    pub fn rate_limits(&self) -> ApiResult<wire::RateLimits> {
+    /// The tenant's own limits; `None` (stored as JSON `null`) means the platform default.
+    pub fn rate_limits(&self) -> ApiResult<Option<wire::RateLimits>> {
         json_parse("rate_limits", &self.rate_limits)
     }
 

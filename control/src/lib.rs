@@ -42,6 +42,8 @@ pub struct ControlConfig {
     pub public_port: Option<u16>,
     /// What tenant preview domains must CNAME to.
     pub cname_target: String,
+    /// Rate limits for tenants that set none.
+    pub default_rate_limits: portico_wire::RateLimits,
     /// The orchestrator control calls to wake sandboxes (`--wake-url`); `None`: wakes are refused.
     pub wake_url: Option<String>,
     /// The key wake calls are signed with (`PORTICO_WAKE_SECRET`); generated into the data dir if unset.
@@ -92,6 +94,7 @@ pub(crate) struct AppState {
     pub public_scheme: String,
     pub public_port: Option<u16>,
     pub cname_target: String,
+    pub default_rate_limits: portico_wire::RateLimits,
     pub waker: wake::Waker,
     /// The template deployment hosts are rendered with (`{app}.{workspace}` form).
     pub app_template: Option<HostTemplate>,
@@ -163,6 +166,7 @@ impl Control {
         let settings = Settings {
             host_templates: templates.iter().map(|t| t.as_str().to_string()).collect(),
             default_frame_ancestors,
+            default_rate_limits: config.default_rate_limits,
         };
         db::store_settings(&pool, &notify, &settings)
             .await
@@ -178,6 +182,7 @@ impl Control {
             public_scheme: config.public_scheme,
             public_port: config.public_port,
             cname_target: config.cname_target,
+            default_rate_limits: config.default_rate_limits,
             waker,
             app_template: templates.iter().find(|t| t.kind() == TemplateKind::Deployment).cloned(),
             releases: releases::ReleaseStore::new(&config.data_dir, config.release_limits),

@@ -192,7 +192,7 @@ impl Limiter {
         credential: Option<&str>,
     ) -> Result<(), EdgeError> {
         let tenant = &route.tenant.tenant;
-        let limits = &tenant.rate_limits;
+        let limits = &route.tenant.rate_limits;
         let now = self.now_us();
         if route.visibility == Visibility::Private {
             let key = Key { tenant: &tenant.id, kind: KeyKind::AuthFailures, subject: Subject::Ip(client) };
@@ -226,7 +226,7 @@ impl Limiter {
         }
         let tenant = &route.tenant.tenant;
         let key = Key { tenant: &tenant.id, kind: KeyKind::AuthFailures, subject: Subject::Ip(client) };
-        let policy = Policy::per_minute(tenant.rate_limits.auth_failures_per_ip);
+        let policy = Policy::per_minute(route.tenant.rate_limits.auth_failures_per_ip);
         let cost = u32::try_from(offered.max(1)).unwrap_or(u32::MAX);
         let observed = self.consume(key, policy, cost, self.now_us());
         metrics::RATELIMIT_OBSERVED_RPS.with_label_values(&[&tenant.id, key.kind.label()]).observe(observed);

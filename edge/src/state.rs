@@ -18,6 +18,8 @@ pub struct TenantEntry {
     pub tenant: wire::Tenant,
     /// `frame-ancestors …` for this tenant (its own sources or the platform default).
     pub frame_ancestors: String,
+    /// The tenant's own limits or the platform default.
+    pub rate_limits: wire::RateLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +72,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// The state of an edge that has never heard from control: routes nothing.
     pub fn empty() -> Self {
-        let settings = wire::Settings { host_templates: Vec::new(), default_frame_ancestors: Vec::new() };
+        let settings = wire::Settings {
+            host_templates: Vec::new(),
+            default_frame_ancestors: Vec::new(),
+            default_rate_limits: wire::RateLimits::default(),
+        };
         Self {
             version: 0,
             default_frame_ancestors: frame_ancestors_directive(&settings.default_frame_ancestors),
@@ -230,7 +236,7 @@ impl Snapshot {
         self.templates =
             settings.host_templates.iter().map(|t| HostTemplate::parse(t)).collect::<Result<_, _>>()?;
         self.default_frame_ancestors = frame_ancestors_directive(&settings.default_frame_ancestors);
-        // Tenants without their own sources follow the default.
+        // Tenants without their own sources or limits follow the defaults.
         let tenants: Vec<wire::Tenant> = self.tenants.values().map(|t| t.tenant.clone()).collect();
         self.settings = settings;
         for t in tenants {
@@ -250,7 +256,9 @@ impl Snapshot {
         }
         let sources = tenant.frame_ancestors.as_ref().unwrap_or(&self.settings.default_frame_ancestors);
         let frame_ancestors = frame_ancestors_directive(sources);
-        self.tenants.insert(tenant.id.as_str().into(), Arc::new(TenantEntry { tenant, frame_ancestors }));
+        let rate_limits = tenant.rate_limits.unwrap_or(self.settings.default_rate_limits);
+        self.tenants
+            .insert(tenant.id.as_str().into(), Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits }));
     }
 
     fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {

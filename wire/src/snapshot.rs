@@ -79,8 +79,9 @@ pub struct Tenant {
     /// `None`: the platform default applies.
     #[serde(default)]
     pub frame_ancestors: Option<Vec<String>>,
+    /// `None`: the platform default (`Settings::default_rate_limits`) applies.
     #[serde(default)]
-    pub rate_limits: RateLimits,
+    pub rate_limits: Option<RateLimits>,
     /// Only present once verified: an unverified domain must not route.
     #[serde(default)]
     pub preview_domain: Option<String>,
@@ -239,6 +240,9 @@ pub struct AcmeChallenge {
 pub struct Settings {
     pub host_templates: Vec<String>,
     pub default_frame_ancestors: Vec<String>,
+    /// For tenants that set none (control's `--default-*` flags).
+    #[serde(default)]
+    pub default_rate_limits: RateLimits,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,7 +35,7 @@ fn view(app: &App, row: &TenantRow) -> ApiResult<Value> {
         "created_at": timestamp(row.created_at),
         "branding": row.branding()?,
         "frame_ancestors": row.frame_ancestors()?,
-        "rate_limits": row.rate_limits()?,
+        "rate_limits": row.rate_limits()?.unwrap_or(app.default_rate_limits),
         "preview_domain": preview_domain,
     }))
 }
@@ -68,7 +68,8 @@ pub async fn create(
     .bind(&name)
     .bind(keys::sha256_hex(&api_key))
     .bind(created_at)
-    .bind(json_text(&RateLimits::default())?)
+    // No limits of its own: it follows the platform default, also when that changes.
+    .bind("null")
     .execute(write.conn())
     .await?;
     write.touch(Kind::Tenant, &id);

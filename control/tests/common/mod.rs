@@ -29,6 +29,7 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         public_scheme: "http".into(),
         public_port: Some(8080),
         cname_target: "edge.example.net".into(),
+        default_rate_limits: Default::default(),
         wake_url: None,
         wake_secret: None,
         wake_url_timeout: std::time::Duration::from_secs(5),

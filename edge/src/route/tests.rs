@@ -24,6 +24,7 @@ fn snap() -> Snapshot {
         settings: Settings {
             host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
+        default_rate_limits: Default::default(),
         },
         tenants: vec![tenant("tn_a", Some("preview.acme.dev")), tenant("tn_b", None)],
         sandboxes: vec![sandbox("sbxa0001", "tn_a"), sandbox("sbxb0001", "tn_b")],
