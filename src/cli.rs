@@ -328,11 +328,12 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
 /// Runs control until SIGINT/SIGTERM.
 fn control(a: ControlArgs) -> anyhow::Result<()> {
     let config = control_config(&a, None)?;
+    let rt = tokio::runtime::Runtime::new()?;
     if a.common.check {
-        println!("flags ok");
+        rt.block_on(portico_control::check(&config))?;
+        println!("flags ok; database reachable");
         return Ok(());
     }
-    let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let control = Control::start(config).await?;
         let listener =
@@ -380,7 +381,8 @@ fn edge(a: EdgeArgs) -> anyhow::Result<()> {
         redirect_https: a.https.redirect_https,
     };
     if a.common.check {
-        println!("flags ok");
+        let report = tokio::runtime::Runtime::new()?.block_on(portico_edge::check(&config))?;
+        println!("flags ok\n{report}");
         return Ok(());
     }
     portico_edge::server(config)?.run_forever()
@@ -403,7 +405,8 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     };
     let config = control_config(&control_args, Some(a.http.port()))?;
     if control_args.common.check {
-        println!("flags ok");
+        tokio::runtime::Runtime::new()?.block_on(portico_control::check(&config))?;
+        println!("flags ok; database reachable");
         return Ok(());
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<String>>();

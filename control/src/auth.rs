@@ -1,13 +1,45 @@
 //! Who is calling: the admin, a tenant, or an edge. Each is an extractor, so a handler's signature says
 //! which key it needs, and authentication runs before the body is read.
 
-use axum::extract::FromRequestParts;
+use std::cell::RefCell;
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::error::ApiError;
 use crate::keys::{matches_hash, sha256_hex};
 use crate::App;
+
+tokio::task_local! {
+    /// Who the current request acts as, noted by the key extractors for the audit line.
+    static ACTOR: RefCell<Option<String>>;
+}
+
+fn note_actor(actor: &str) {
+    let _ = ACTOR.try_with(|a| *a.borrow_mut() = Some(actor.to_string()));
+}
+
+/// One log line per API mutation with its actor (`admin`, a tenant id — never a key) and outcome.
+/// Reads are not logged, nor the edges' own calls, which are frequent and carry no operator intent.
+pub async fn audit(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) || path.starts_with("/v1/edge/") {
+        return next.run(req).await;
+    }
+    ACTOR
+        .scope(RefCell::new(None), async move {
+            let resp = next.run(req).await;
+            let actor = ACTOR.with(|a| a.borrow().clone()).unwrap_or_else(|| "anonymous".into());
+            tracing::info!(target: "audit", %actor, %method, %path, status = resp.status().as_u16(), "API mutation");
+            resp
+        })
+        .await
+}
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -37,6 +69,7 @@ impl FromRequestParts<App> for Admin {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
         let key = bearer(parts).ok_or_else(missing)?;
         if matches_hash(key, &app.admin_key_sha256) {
+            note_actor("admin");
             return Ok(Admin);
         }
         if tenant_for_key(app, key).await?.is_some() {
@@ -60,7 +93,10 @@ impl FromRequestParts<App> for TenantKey {
             return Err(ApiError::Forbidden("this endpoint acts on one tenant: use a tenant key".into()));
         }
         match tenant_for_key(app, key).await? {
-            Some(tenant_id) => Ok(TenantKey { tenant_id }),
+            Some(tenant_id) => {
+                note_actor(&tenant_id);
+                Ok(TenantKey { tenant_id })
+            }
             None => Err(missing()),
         }
     }

@@ -65,6 +65,16 @@ pub async fn open(url: &str) -> Result<AnyPool, ControlError> {
     Ok(pool)
 }
 
+/// Connects once and runs `SELECT 1`: what `--check` needs to know the database is there.
+pub async fn ping(url: &str) -> Result<(), ControlError> {
+    sqlx::any::install_default_drivers();
+    let fail = |e: sqlx::Error| ControlError::Database(format!("cannot reach {}: {e}", redact(url)));
+    let pool = AnyPoolOptions::new().max_connections(1).connect(url).await.map_err(fail)?;
+    sqlx::query("SELECT 1").execute(&pool).await.map_err(fail)?;
+    pool.close().await;
+    Ok(())
+}
+
 /// Database URLs may carry a password; keep only the scheme in messages.
 fn redact(url: &str) -> String {
     match url.split_once("://") {
@@ -161,6 +171,12 @@ pub struct Write {
 impl Write {
     pub async fn begin(pool: &AnyPool) -> ApiResult<Self> {
         let mut tx = pool.begin().await?;
+        if tx.backend_name() == "PostgreSQL" {
+            // READ COMMITTED whatever the server's default: a writer that waited for the feed_state row
+            // then reads, statement by statement, what the writers before it committed (no lost update);
+            // under REPEATABLE READ it would fail with a serialization error instead.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *tx).await?;
+        }
         let version: i64 =
             sqlx::query_scalar("UPDATE feed_state SET version = version + 1 WHERE id = 1 RETURNING version")
                 .fetch_one(&mut *tx)
@@ -187,6 +203,14 @@ impl Write {
                 .bind(kind.as_str())
                 .bind(id.as_str())
                 .bind(now)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if self.tx.backend_name() == "PostgreSQL" {
+            // Delivered to every replica's listener on commit, and only if it commits (crate::notify).
+            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+                .bind(crate::notify::CHANNEL)
+                .bind(self.version.to_string())
                 .execute(&mut *self.tx)
                 .await?;
         }

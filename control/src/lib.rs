@@ -12,6 +12,7 @@ mod deployments;
 mod error;
 mod feed;
 mod keys;
+mod notify;
 mod releases;
 mod validate;
 mod wake;
@@ -158,6 +159,8 @@ impl Control {
         let acme = acme_config(&config)?;
 
         let pool = db::open(&config.database_url).await?;
+        // PostgreSQL: hear other replicas' commits (started before the version is read: no gap).
+        let listener = notify::listen(&config.database_url).await?;
         let version: i64 = sqlx::query_scalar("SELECT version FROM feed_state WHERE id = 1")
             .fetch_one(&pool)
             .await
@@ -192,6 +195,9 @@ impl Control {
         credentials::ensure_key(&state.pool, &state.notify)
             .await
             .map_err(|e| ControlError::Database(format!("creating the token signing key: {e}")))?;
+        if let Some(listener) = listener {
+            tokio::spawn(notify::forward(config.database_url.clone(), listener, Arc::downgrade(&state)));
+        }
         // The pruner holds a weak reference: it stops once the Control and every router are gone.
         tokio::spawn(feed::prune_forever(Arc::downgrade(&state)));
         if let Some(acme) = acme {
@@ -210,6 +216,26 @@ impl Control {
     pub fn edge_token(&self) -> &str {
         &self.edge_token
     }
+}
+
+/// `portico control --check`: the flags as `start` reads them, and a connection to the database — without
+/// creating keys, migrating or writing anything.
+pub async fn check(config: &ControlConfig) -> Result<(), ControlError> {
+    for t in &config.host_templates {
+        HostTemplate::parse(t)?;
+    }
+    if !config.default_frame_ancestors.is_empty() {
+        validate::frame_ancestors("sources", &config.default_frame_ancestors)
+            .map_err(|e| ControlError::FrameAncestors(e.to_string()))?;
+    }
+    if config.public_scheme != "http" && config.public_scheme != "https" {
+        return Err(ControlError::PublicScheme(config.public_scheme.clone()));
+    }
+    if let Some(url) = &config.wake_url {
+        check_wake_url(url)?;
+    }
+    acme_config(config)?;
+    db::ping(&config.database_url).await
 }
 
 /// `--wake-url` must be an absolute http(s) URL; also what `--check` runs.

@@ -66,6 +66,8 @@ pub enum StartError {
     State { dir: PathBuf, source: FeedError },
     #[error(transparent)]
     Feed(#[from] FeedError),
+    #[error("no control service accepts this edge:\n{0}")]
+    Check(String),
     #[error("building the HTTP client for control: {0}")]
     Http(#[from] reqwest::Error),
     #[error("--https {0:?} is not an address with a port")]
@@ -194,6 +196,40 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     let reporter = activity::ActivityReporter::new(activity, config.control_urls, config.edge_token)?;
     server.add_service(background_service("activity", reporter));
     Ok(server)
+}
+
+/// `portico edge --check`: every control URL is asked whether it accepts this edge's token; fine when at
+/// least one does (an edge fails over between them).
+pub async fn check(config: &EdgeConfig) -> Result<String, StartError> {
+    if config.control_urls.is_empty() {
+        return Err(StartError::NoControl);
+    }
+    let http = control_http()?;
+    let mut report = Vec::new();
+    let mut reachable = 0;
+    for url in &config.control_urls {
+        let url = url.trim_end_matches('/');
+        let resp = http
+            .get(format!("{url}/v1/edge/ping"))
+            .bearer_auth(&config.edge_token)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => {
+                reachable += 1;
+                report.push(format!("{url}: ok"));
+            }
+            Ok(r) if r.status() == 401 => report.push(format!("{url}: refused the edge token (PORTICO_EDGE_TOKEN)")),
+            Ok(r) => report.push(format!("{url}: answered {}", r.status())),
+            Err(e) => report.push(format!("{url}: unreachable ({e})")),
+        }
+    }
+    let report = report.join("\n");
+    if reachable == 0 {
+        return Err(StartError::Check(report));
+    }
+    Ok(report)
 }
 
 /// The HTTP client edges talk to control with.

@@ -65,6 +65,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/edge/releases/{sha256}", get(releases::fetch))
         .route("/v1/edge/usage", post(usage::ingest))
         .route("/v1/edge/feed", get(crate::feed::handler))
+        .route("/v1/edge/ping", get(|_: crate::auth::EdgeKey| async { StatusCode::NO_CONTENT }))
         .route("/v1/edge/activity", post(wake::activity))
         .route("/v1/edge/credentials/{hash}", get(edge::lookup))
         .route("/v1/edge/shares/{id}/password", post(edge::check_password))
@@ -76,6 +77,7 @@ pub fn router(app: App) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::auth::audit))
         .with_state(app)
 }
 

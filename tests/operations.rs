@@ -1,0 +1,158 @@
+//! Running Portico on a node: zero-downtime upgrade of an edge, `--check`, logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::sandbox::FakeSandbox;
+use common::{portico, sandbox_ip, until_status, Proc, Stack, EDGE_TOKEN};
+use serde_json::json;
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    assert!(ok.map(|s| s.success()).unwrap_or(false), "kill -{sig} {pid}");
+}
+
+#[tokio::test]
+async fn an_edge_upgrade_takes_over_the_sockets_without_refusing_a_connection() {
+    let mut stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let sb = tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let url = stack.edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
+    until_status(&stack.edge.client(), &url, 200, Duration::from_secs(2)).await;
+
+    // 200 requests, each on a new connection, spread over the switch.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .dns_resolver(std::sync::Arc::new(ResolveTo(stack.edge.addr.ip())))
+        .build()
+        .unwrap();
+    let load = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut failures = Vec::new();
+            for i in 0..200 {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => failures.push(format!("request {i}: status {}", r.status())),
+                    Err(e) => failures.push(format!("request {i}: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            failures
+        }
+    });
+
+    // The new edge starts with --upgrade on the same addresses and state dir, then the old one is told
+    // to hand its listening sockets over (SIGQUIT), as a deploy script or systemd's ExecReload would.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut cmd = portico();
+    common::log_to(&mut cmd, &stack.edge.state_dir.with_extension("upgraded.log"));
+    let child = cmd
+        .args(["edge", "--control-url", &stack.control.url, "--threads", "1", "--upgrade"])
+        .args(["--http", &stack.edge.addr.to_string(), "--metrics", &stack.edge.metrics.to_string()])
+        .arg("--state-dir")
+        .arg(&stack.edge.state_dir)
+        .spawn()
+        .expect("spawn the new edge");
+    let _new = Proc { child, name: "new edge" };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(stack.edge.proc.child.id(), "QUIT");
+    let started = Instant::now();
+    let old_exit = tokio::task::spawn_blocking(move || {
+        let status = stack.edge.proc.child.wait();
+        (status, stack)
+    });
+    let failures = load.await.unwrap();
+    let (status, _stack) = old_exit.await.unwrap();
+    assert!(status.is_ok(), "the old edge exits after handing over");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(failures.is_empty(), "requests failed during the upgrade: {failures:?}");
+    // The new process serves on the same address.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+}
+
+struct ResolveTo(std::net::IpAddr);
+impl reqwest::dns::Resolve for ResolveTo {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addr = std::net::SocketAddr::new(self.0, 0);
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
+    }
+}
+
+fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = portico();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(args).arg("--check").stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn edge_check_reaches_control_and_fails_clearly_when_it_cannot() {
+    let stack = Stack::start().await;
+    let (ok, text) = check(&["edge", "--control-url", &stack.control.url], &[]);
+    assert!(ok, "{text}");
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let (ok, text) = check(&["edge", "--control-url", &dead], &[]);
+    assert!(!ok && text.contains(&dead), "{text}");
+    let (ok, text) = check(&["edge", "--control-url", &stack.control.url], &[("PORTICO_EDGE_TOKEN", "wrong-token")]);
+    assert!(!ok && text.contains("edge token"), "{text}");
+    assert_ne!(EDGE_TOKEN, "wrong-token");
+}
+
+#[tokio::test]
+async fn control_check_opens_the_database_and_fails_clearly_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = check(&["control", "--data-dir", dir.path().to_str().unwrap()], &[]);
+    assert!(ok, "{text}");
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let bad = format!("sqlite://{}/sub/portico.db?mode=rwc", blocker.display());
+    let (ok, text) = check(&["control", "--database", &bad, "--data-dir", dir.path().to_str().unwrap()], &[]);
+    assert!(!ok && text.contains("database"), "{text}");
+    let (ok, text) = check(&["control", "--host-template", "{nope}.x.dev"], &[]);
+    assert!(!ok && text.contains("nope"), "{text}");
+}
+
+#[tokio::test]
+async fn control_logs_each_mutation_with_its_actor_and_never_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let log = dir.path().join("control.log");
+    let mut cmd = portico();
+    common::log_to(&mut cmd, &log);
+    let child = cmd
+        .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let _control = Proc { child, name: "control" };
+    let admin = common::Api::admin(&format!("http://127.0.0.1:{port}"));
+    let url = format!("{}/v1/tenants", admin.url);
+    common::wait_until("control", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move { reqwest::get(&url).await.is_ok() }
+    })
+    .await;
+    let tenant = admin.tenant("acme").await;
+    let tenant_id = tenant.ok("GET", "/v1/tenant", None, 200).await["id"].as_str().unwrap().to_string();
+    tenant.sandbox(json!({"address": "127.0.0.9"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let mutation = |path: &str| {
+        lines.iter().find(|l| l["fields"]["path"] == path && l["fields"]["method"] == "POST").cloned()
+    };
+    let created = mutation("/v1/tenants").unwrap_or_else(|| panic!("no log line for POST /v1/tenants in {text}"));
+    assert_eq!(created["fields"]["actor"], "admin");
+    let sandbox = mutation("/v1/sandboxes").unwrap_or_else(|| panic!("no log line for POST /v1/sandboxes in {text}"));
+    assert_eq!(sandbox["fields"]["actor"], tenant_id.as_str());
+    assert!(!text.contains(&tenant.key) && !text.contains(common::ADMIN_KEY), "a key reached the log");
+}
