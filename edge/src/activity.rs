@@ -1,9 +1,9 @@
 //! When each sandbox last served a request, reported to control in batches so the platform can suspend
-//! idle sandboxes (`last_request_at`, `GET /v1/sandboxes?idle_for=`). A request costs one short lock and
-//! a map write; an open WebSocket counts as activity for as long as it stays open.
+//! idle sandboxes (`last_request_at`, `GET /v1/sandboxes?idle_for=`). A request costs a lock-free map
+//! look-up and an atomic max; an open WebSocket counts as activity for as long as it stays open.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -17,87 +17,95 @@ use crate::state::unix_ms;
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Sandboxes per report request, well under control's body limit.
 const BATCH: usize = 500;
+/// A sandbox idle this long, already reported and without open WebSockets, leaves the map.
+const FORGET_AFTER_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Default)]
 struct Seen {
-    last_ms: u64,
+    last_ms: AtomicU64,
+    /// What control has been told, so an idle sandbox is not reported again and again.
+    reported_ms: AtomicU64,
     /// WebSockets open to the sandbox right now.
-    open: u32,
+    open: AtomicU32,
 }
 
-/// Activity since the last report, per sandbox.
+/// Activity per sandbox.
 #[derive(Default)]
 pub struct Activity {
-    seen: Mutex<HashMap<Arc<str>, Seen>>,
+    seen: papaya::HashMap<Arc<str>, Arc<Seen>>,
 }
 
 impl Activity {
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Seen>> {
-        // Plain counters: a panicking holder cannot leave them inconsistent.
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    fn entry(&self, sandbox: &str) -> Arc<Seen> {
+        let seen = self.seen.pin();
+        match seen.get(sandbox) {
+            Some(s) => s.clone(),
+            None => seen.get_or_insert_with(sandbox.into(), Arc::default).clone(),
+        }
     }
 
     /// A request for `sandbox` was served now.
     pub fn touch(&self, sandbox: &str) {
         let now = unix_ms(SystemTime::now());
-        let mut seen = self.seen();
-        match seen.get_mut(sandbox) {
-            Some(s) => s.last_ms = s.last_ms.max(now),
-            None => {
-                seen.insert(sandbox.into(), Seen { last_ms: now, open: 0 });
-            }
-        }
+        let seen = self.seen.pin();
+        match seen.get(sandbox) {
+            Some(s) => s.last_ms.fetch_max(now, Ordering::Relaxed),
+            None => seen.get_or_insert_with(sandbox.into(), Arc::default).last_ms.fetch_max(now, Ordering::Relaxed),
+        };
     }
 
     /// A WebSocket to `sandbox` opened; it counts as activity until the guard is dropped.
     pub fn open(self: &Arc<Self>, sandbox: &str) -> OpenGuard {
-        let now = unix_ms(SystemTime::now());
-        let key: Arc<str> = sandbox.into();
-        let mut seen = self.seen();
-        let s = seen.entry(key.clone()).or_default();
-        s.open += 1;
-        s.last_ms = s.last_ms.max(now);
-        OpenGuard { activity: self.clone(), sandbox: key }
+        let seen = self.entry(sandbox);
+        seen.open.fetch_add(1, Ordering::Relaxed);
+        seen.last_ms.fetch_max(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        OpenGuard { seen }
     }
 
-    /// Everything to report now, leaving only sandboxes with open WebSockets in the map.
+    /// What changed since the last report (an open WebSocket always counts as now); forgets long-idle
+    /// sandboxes.
     fn take(&self) -> Vec<Report> {
         let now = unix_ms(SystemTime::now());
-        let mut seen = self.seen();
-        let out = seen
-            .iter()
-            .map(|(id, s)| Report {
-                id: id.clone(),
-                last_request_at: if s.open > 0 { now } else { s.last_ms },
-            })
-            .collect();
-        seen.retain(|_, s| s.open > 0);
+        let seen = self.seen.pin();
+        let mut out = Vec::new();
+        let mut idle = Vec::new();
+        for (id, s) in seen.iter() {
+            let open = s.open.load(Ordering::Relaxed) > 0;
+            let last = if open { now } else { s.last_ms.load(Ordering::Relaxed) };
+            if last > s.reported_ms.load(Ordering::Relaxed) {
+                // While open it is reported every time, and its close is reported once more.
+                s.reported_ms.store(if open { 0 } else { last }, Ordering::Relaxed);
+                out.push(Report { id: id.clone(), last_request_at: last });
+            } else if !open && now.saturating_sub(last) > FORGET_AFTER_MS {
+                idle.push(id.clone());
+            }
+        }
+        for id in idle {
+            seen.remove(&id);
+        }
         out
     }
 
-    /// Puts back what could not be reported, so the next report carries it.
+    /// What could not be reported goes out with the next report.
     fn restore(&self, reports: Vec<Report>) {
-        let mut seen = self.seen();
+        let seen = self.seen.pin();
         for r in reports {
-            let s = seen.entry(r.id).or_default();
-            s.last_ms = s.last_ms.max(r.last_request_at);
+            if let Some(s) = seen.get(&r.id) {
+                s.reported_ms.store(0, Ordering::Relaxed);
+            }
         }
     }
 }
 
 /// Keeps a WebSocket's sandbox active while the connection lives.
 pub struct OpenGuard {
-    activity: Arc<Activity>,
-    sandbox: Arc<str>,
+    seen: Arc<Seen>,
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        let now = unix_ms(SystemTime::now());
-        let mut seen = self.activity.seen();
-        let s = seen.entry(self.sandbox.clone()).or_default();
-        s.open = s.open.saturating_sub(1);
-        s.last_ms = s.last_ms.max(now);
+        self.seen.last_ms.fetch_max(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        let _ = self.seen.open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 

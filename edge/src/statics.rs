@@ -8,7 +8,7 @@
 //! decoding; what remains is joined to the release directory segment by segment, and releases hold no
 //! links, so no spelling of a path reaches outside the release.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -69,8 +69,8 @@ pub struct Releases {
     control_urls: Vec<String>,
     edge_token: String,
     http: reqwest::Client,
-    /// Releases known to be unpacked: no disk check per request.
-    ready: Mutex<HashSet<Arc<str>>>,
+    /// Releases known to be unpacked: no disk check, and no lock, per request.
+    ready: papaya::HashSet<Arc<str>>,
     /// One fetch per release however many requests wait for it.
     flights: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     files: moka::future::Cache<FileKey, Arc<File>>,
@@ -92,7 +92,7 @@ impl Releases {
             control_urls,
             edge_token,
             http,
-            ready: Mutex::default(),
+            ready: papaya::HashSet::new(),
             flights: Mutex::default(),
             files,
         })
@@ -107,7 +107,7 @@ impl Releases {
     pub fn prefetch(self: &Arc<Self>, snap: &Snapshot) {
         for d in snap.deployments.values() {
             if let Some(VersionTarget::Release { sha256 }) = d.active.as_ref().map(|a| &a.target) {
-                if !Self::lock(&self.ready).contains(sha256.as_str()) {
+                if !self.ready.pin().contains(sha256.as_str()) {
                     let this = self.clone();
                     let sha256 = sha256.clone();
                     tokio::spawn(async move {
@@ -123,13 +123,13 @@ impl Releases {
     /// The release's directory, fetched and unpacked first if this edge does not have it yet.
     pub async fn ensure(&self, sha256: &str) -> Result<PathBuf, ReleaseError> {
         let dir = self.root.join(sha256);
-        if Self::lock(&self.ready).contains(sha256) {
+        if self.ready.pin().contains(sha256) {
             return Ok(dir);
         }
         let flight = Self::lock(&self.flights).entry(sha256.into()).or_default().clone();
         let _one = flight.lock().await;
         if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
-            Self::lock(&self.ready).insert(sha256.into());
+            self.ready.pin().insert(sha256.into());
             return Ok(dir);
         }
         let bytes = self.download(sha256).await?;
@@ -137,7 +137,7 @@ impl Releases {
         tokio::task::spawn_blocking(move || unpack(&root, &sha, &bytes))
             .await
             .map_err(|e| ReleaseError::Io(std::io::Error::other(e.to_string())))??;
-        Self::lock(&self.ready).insert(sha256.into());
+        self.ready.pin().insert(sha256.into());
         Self::lock(&self.flights).remove(sha256);
         Ok(dir)
     }

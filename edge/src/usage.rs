@@ -3,7 +3,7 @@
 //! same number until control acknowledges it: control applies each `(edge_id, seq)` once, so a control
 //! outage or a lost answer neither loses counts nor counts them twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -22,19 +22,29 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 const BATCH: usize = 100;
 /// Batches queued while control is unreachable; past this, counts keep accumulating unsealed.
 const MAX_PENDING: usize = 10_000;
+/// A minute's counters are dropped this long after it ended (all its requests have been counted by then).
+const KEEP_MINUTES_MS: u64 = 3 * 60_000;
 
-type Key = (Arc<str>, UsageSubject, Arc<str>, u64);
-
-#[derive(Default)]
-struct Inner {
-    counts: HashMap<Key, (u64, u64)>,
-    pending: VecDeque<UsageBatch>,
+/// Counters of one sandbox or deployment, per minute.
+struct Subject {
+    tenant: Arc<str>,
+    kind: UsageSubject,
+    minutes: papaya::HashMap<u64, Arc<Counts>>,
 }
 
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Request counting is lock-free (a map look-up and two atomic adds); only the reporter, once a second,
+/// takes the lock that guards the queue of sealed batches.
 pub struct Usage {
     edge_id: String,
     seq: AtomicU64,
-    inner: Mutex<Inner>,
+    counts: papaya::HashMap<Arc<str>, Arc<Subject>>,
+    pending: Mutex<VecDeque<UsageBatch>>,
 }
 
 impl Default for Usage {
@@ -45,73 +55,104 @@ impl Default for Usage {
         Self {
             edge_id: format!("edge-{}", hex::encode(raw)),
             seq: AtomicU64::new(0),
-            inner: Mutex::default(),
+            counts: papaya::HashMap::new(),
+            pending: Mutex::default(),
         }
     }
 }
 
 impl Usage {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Counters and queued batches: a panicking holder cannot leave them inconsistent.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn pending(&self) -> std::sync::MutexGuard<'_, VecDeque<UsageBatch>> {
+        // Queued batches: a panicking holder cannot leave them inconsistent.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One answered request of `id` (a sandbox or deployment of `tenant`) that sent `bytes` of body.
-    pub fn record(&self, tenant: &str, subject: UsageSubject, id: &str, bytes: u64) {
+    pub fn record(&self, tenant: &str, kind: UsageSubject, id: &str, bytes: u64) {
         let minute = unix_ms(SystemTime::now()) / 60_000 * 60_000;
-        let mut inner = self.inner();
-        let key: Key = (tenant.into(), subject, id.into(), minute);
-        let c = inner.counts.entry(key).or_default();
-        c.0 += 1;
-        c.1 += bytes;
+        let counts = self.counts.pin();
+        let subject = match counts.get(id) {
+            Some(s) => s.clone(),
+            None => counts
+                .get_or_insert_with(id.into(), || {
+                    Arc::new(Subject { tenant: tenant.into(), kind, minutes: papaya::HashMap::new() })
+                })
+                .clone(),
+        };
+        let minutes = subject.minutes.pin();
+        let c = match minutes.get(&minute) {
+            Some(c) => c,
+            None => minutes.get_or_insert_with(minute, Arc::default),
+        };
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// One answered request on `route`.
     pub fn record_route(&self, route: &Route, bytes: u64) {
-        let (subject, id) = match &route.target {
+        let (kind, id) = match &route.target {
             Target::Sandbox { sandbox, .. } => (UsageSubject::Sandbox, sandbox.id.as_str()),
             Target::Deployment(d) => (UsageSubject::Deployment, d.id.as_str()),
         };
-        self.record(&route.tenant.tenant.id, subject, id, bytes);
+        self.record(&route.tenant.tenant.id, kind, id, bytes);
     }
 
-    /// Turns the counts so far into numbered batches queued for sending.
+    /// Moves the counts so far into numbered batches queued for sending. Counters are swapped to zero,
+    /// so a request counted meanwhile lands in this batch or the next, never in neither.
     fn seal(&self) {
-        let mut inner = self.inner();
-        if inner.pending.len() >= MAX_PENDING {
+        let mut pending = self.pending();
+        if pending.len() >= MAX_PENDING {
             // Control has been away long: keep adding to the per-minute counts instead of queueing more.
             return;
         }
-        let entries: Vec<UsageEntry> = inner
-            .counts
-            .drain()
-            .map(|((tenant_id, subject, id, minute), (requests, bytes_out))| UsageEntry {
-                tenant_id: tenant_id.to_string(),
-                subject,
-                id: id.to_string(),
-                minute,
-                requests,
-                bytes_out,
-            })
-            .collect();
+        let now = unix_ms(SystemTime::now());
+        let mut entries = Vec::new();
+        let counts = self.counts.pin();
+        let mut idle = Vec::new();
+        for (id, subject) in counts.iter() {
+            let minutes = subject.minutes.pin();
+            let mut old = Vec::new();
+            for (minute, c) in minutes.iter() {
+                let (requests, bytes_out) = (c.requests.swap(0, Ordering::Relaxed), c.bytes.swap(0, Ordering::Relaxed));
+                if requests > 0 || bytes_out > 0 {
+                    entries.push(UsageEntry {
+                        tenant_id: subject.tenant.to_string(),
+                        subject: subject.kind,
+                        id: id.to_string(),
+                        minute: *minute,
+                        requests,
+                        bytes_out,
+                    });
+                } else if now.saturating_sub(*minute) > KEEP_MINUTES_MS {
+                    old.push(*minute);
+                }
+            }
+            for m in old {
+                minutes.remove(&m);
+            }
+            if minutes.is_empty() {
+                idle.push(id.clone());
+            }
+        }
+        // A request racing this removal could lose its count; it would have to be the first request in
+        // minutes to a subject at the very instant of the seal.
+        for id in idle {
+            counts.remove(&id);
+        }
         for chunk in entries.chunks(BATCH) {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            inner.pending.push_back(UsageBatch {
-                edge_id: self.edge_id.clone(),
-                seq,
-                entries: chunk.to_vec(),
-            });
+            pending.push_back(UsageBatch { edge_id: self.edge_id.clone(), seq, entries: chunk.to_vec() });
         }
     }
 
     fn front(&self) -> Option<UsageBatch> {
-        self.inner().pending.front().cloned()
+        self.pending().front().cloned()
     }
 
     fn acknowledged(&self, seq: u64) {
-        let mut inner = self.inner();
-        if inner.pending.front().is_some_and(|b| b.seq == seq) {
-            inner.pending.pop_front();
+        let mut pending = self.pending();
+        if pending.front().is_some_and(|b| b.seq == seq) {
+            pending.pop_front();
         }
     }
 }
