@@ -4,6 +4,7 @@
 #
 #   bash benches/static_vs_nginx.sh            # needs nginx and wrk (apt-get install -y nginx wrk)
 #   DURATION=20s CONNECTIONS=64 THREADS=2 WORKERS=2 bash benches/static_vs_nginx.sh
+#   SKIP_BUILD=1 bash benches/static_vs_nginx.sh   # use the target/release/portico already built
 #
 # Both servers get the same number of worker threads (WORKERS; default: all cores), no compression
 # (wrk sends no Accept-Encoding) and no access log. wrk runs on the same machine, so absolute numbers
@@ -19,7 +20,7 @@ for tool in nginx wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk)" >&2; exit 1; }
 done
 
-cargo build --release --quiet
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
 BIN=target/release/portico
 
 WORK=$(mktemp -d)
@@ -30,12 +31,15 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CONTROL_PORT=$(port); EDGE_PORT=$(port); METRICS_PORT=$(port); NGINX_PORT=$(port)
 
 # The file: 10 KB of HTML, once in a release archive and once in nginx's root.
 mkdir -p "$WORK/site"
+# nginx workers run as an unprivileged user: they must be able to read the file.
+chmod 755 "$WORK" "$WORK/site"
 python3 -c 'import sys; sys.stdout.write(("<p>" + "x" * 95 + "</p>\n") * 100)' > "$WORK/site/page.html"
 tar -C "$WORK/site" -czf "$WORK/site.tar.gz" page.html
 SHA=$(sha256sum "$WORK/site.tar.gz" | cut -d' ' -f1)
@@ -53,7 +57,7 @@ TENANT=$(api "$PORTICO_ADMIN_KEY" -X POST "http://127.0.0.1:$CONTROL_PORT/v1/ten
   python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 # Rate limits out of the way: this measures serving, not refusing.
 api "$TENANT" -X PUT "http://127.0.0.1:$CONTROL_PORT/v1/tenant/rate-limits" -o /dev/null \
-  -d '{"public_per_ip":{"rps":10000000,"burst":10000000},"private_per_token":{"rps":100,"burst":100},"auth_failures_per_ip":{"per_minute":30}}'
+  -d '{"public_per_ip":{"rps":1000000,"burst":1000000},"private_per_token":{"rps":100,"burst":100},"auth_failures_per_ip":{"per_minute":30}}'
 api "$TENANT" -X PUT "http://127.0.0.1:$CONTROL_PORT/v1/releases/$SHA" --data-binary "@$WORK/site.tar.gz" -o /dev/null
 DEP=$(api "$TENANT" -X POST "http://127.0.0.1:$CONTROL_PORT/v1/deployments" -d '{"name":"bench","workspace":"static"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
@@ -67,7 +71,7 @@ for _ in $(seq 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "$EDGE_URL")" = 200 ] && break
   sleep 0.1
 done
-curl -sf -H "Host: $HOST" "$EDGE_URL" | cmp - "$WORK/site/page.html"
+curl -s -H "Host: $HOST" "$EDGE_URL" -o "$WORK/got.html"; cmp "$WORK/got.html" "$WORK/site/page.html"
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $WORKERS;

@@ -13,6 +13,13 @@ pub mod resolver;
 pub use pem::{CertError, Certificate};
 pub use resolver::Resolver;
 
+/// Makes ring rustls's process-wide provider, as Pingora's listener does. Libraries that build a rustls
+/// config with the default provider (instant-acme's HTTP client) would otherwise panic in a build where
+/// another crate also enables rustls's `aws-lc-rs` feature. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

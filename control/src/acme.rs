@@ -90,6 +90,7 @@ async fn deployment_domains(conn: &mut AnyConnection) -> Vec<String> {
 
 /// Runs the ACME loop while the control service is alive.
 pub async fn run(state: Weak<AppState>, config: AcmeConfig) {
+    portico_certs::install_crypto_provider();
     let mut account: Option<Account> = None;
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
