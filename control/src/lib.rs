@@ -12,6 +12,7 @@ mod deployments;
 mod error;
 mod feed;
 mod keys;
+mod metrics;
 mod notify;
 mod releases;
 mod validate;

@@ -94,7 +94,11 @@ async fn view(app: &App, conn: &mut AnyConnection, row: &DeploymentRow) -> ApiRe
     .await?;
     let number = |id: &str| versions.iter().find(|v| v.id == id).map(VersionRow::number);
     let active = row.active_version_id.as_deref().and_then(|id| versions.iter().find(|v| v.id == id));
-    let domains = deployments::domains(conn, &row.id).await?;
+    let mut domains = Vec::new();
+    for hostname in deployments::domains(conn, &row.id).await? {
+        let certificate = crate::certificates::status(conn, &hostname).await?;
+        domains.push(json!({ "hostname": hostname, "certificate": certificate }));
+    }
     Ok(json!({
         "id": row.id,
         "name": row.name,
@@ -105,7 +109,7 @@ async fn view(app: &App, conn: &mut AnyConnection, row: &DeploymentRow) -> ApiRe
         "history": history.iter().map(|(id, at)| json!({
             "version_id": id, "number": number(id), "promoted_at": timestamp(*at),
         })).collect::<Vec<_>>(),
-        "domains": domains.iter().map(|h| json!({ "hostname": h })).collect::<Vec<_>>(),
+        "domains": domains,
         "created_at": timestamp(row.created_at),
     }))
 }

@@ -28,6 +28,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(app: App) -> Router {
     Router::new()
+        .route("/metrics", get(crate::metrics::handler))
         .route("/healthz", get(|| async { Json(serde_json::json!({ "ok": true })) }))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route("/v1/tenants/{id}", axum::routing::delete(tenants::delete))
