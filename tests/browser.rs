@@ -121,7 +121,7 @@ async fn start_up() -> Up {
 /// The text of the iframe's document, read from inside the frame.
 async fn frame_text(c: &Client) -> String {
     c.enter_frame(0).await.expect("enter frame");
-    let text = c.find(Locator::Css("body")).await.map(|b| b.clone());
+    let text = c.find(Locator::Css("body")).await;
     let text = match text {
         Ok(body) => body.text().await.unwrap_or_default(),
         Err(_) => String::new(),
