@@ -67,7 +67,7 @@ async fn until_usage(tenant: &Api, query: &str, key: &str, want: &[(&str, (u64, 
 }
 
 #[tokio::test]
-async fn usage_totals_equal_what_was_sent_also_across_a_control_outage() {
+async fn usage_totals_equal_what_was_sent_also_across_a_control_outage_and_an_edge_restart() {
     let mut stack = Stack::start().await;
     let tenant = stack.admin.tenant("acme").await;
     let fake = FakeSandbox::start(sandbox_ip(), 0).await;
@@ -88,10 +88,13 @@ async fn usage_totals_equal_what_was_sent_also_across_a_control_outage() {
     )
     .await;
 
-    // Control goes away; the edge keeps serving and keeps the counts.
+    // Control goes away; the edge keeps serving and keeps the counts, also across its own restart.
     stack.control.proc.kill();
     let a2 = traffic(&stack, "usera001", fake.port(), 4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let took = stack.edge.proc.terminate();
+    assert!(took < Duration::from_secs(10), "edge took {took:?} to stop");
+    stack.edge = common::Edge::start(&stack.control.url, &stack.edge.state_dir.clone()).await;
     stack.control = Control::start_on(&stack.control.data_dir.clone(), stack.control.port).await;
     let tenant = Api::admin(&stack.control.url).with_key(&tenant.key);
     until_usage(

@@ -188,7 +188,12 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
 
     let sync = deploy::DeploymentSync { state: state.clone(), registry: deployments, releases };
     server.add_service(background_service("deployments", sync));
-    let usage_reporter = usage::UsageReporter::new(usage, config.control_urls.clone(), config.edge_token.clone())?;
+    let usage_reporter = usage::UsageReporter::new(
+        usage,
+        config.state_dir.clone(),
+        config.control_urls.clone(),
+        config.edge_token.clone(),
+    )?;
     server.add_service(background_service("usage", usage_reporter));
     let feed =
         FeedClient::new(config.control_urls.clone(), config.edge_token.clone(), state, config.state_dir)?;

@@ -145,6 +145,12 @@ impl Usage {
         }
     }
 
+    /// Queues batches an earlier run of this edge could not send (they keep their numbers, so control
+    /// still counts each once).
+    fn requeue(&self, batches: Vec<UsageBatch>) {
+        self.pending().extend(batches);
+    }
+
     fn front(&self) -> Option<UsageBatch> {
         self.pending().front().cloned()
     }
@@ -159,6 +165,8 @@ impl Usage {
 
 pub struct UsageReporter {
     usage: Arc<Usage>,
+    /// Where unsent batches wait across a restart of the edge.
+    state_dir: Option<std::path::PathBuf>,
     control_urls: Vec<String>,
     edge_token: String,
     http: reqwest::Client,
@@ -167,6 +175,7 @@ pub struct UsageReporter {
 impl UsageReporter {
     pub fn new(
         usage: Arc<Usage>,
+        state_dir: Option<std::path::PathBuf>,
         control_urls: Vec<String>,
         edge_token: String,
     ) -> Result<Self, reqwest::Error> {
@@ -175,7 +184,22 @@ impl UsageReporter {
             .timeout(Duration::from_secs(10))
             .build()?;
         let control_urls = control_urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-        Ok(Self { usage, control_urls, edge_token, http })
+        if let Some(dir) = &state_dir {
+            match load_unsent(dir) {
+                Ok(batches) => usage.requeue(batches),
+                Err(e) => tracing::error!(error = %e, "reading unsent usage; it is left in place"),
+            }
+        }
+        Ok(Self { usage, state_dir, control_urls, edge_token, http })
+    }
+
+    /// At shutdown: what control did not take is kept in the state dir for the next run.
+    fn keep_unsent(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let unsent: Vec<UsageBatch> = self.usage.pending().iter().cloned().collect();
+        if let Err(e) = save_unsent(dir, &unsent) {
+            tracing::error!(error = %e, batches = unsent.len(), "saving unsent usage");
+        }
     }
 
     /// Seals the counts and sends queued batches in order until one is not acknowledged.
@@ -223,11 +247,40 @@ impl BackgroundService for UsageReporter {
                 _ = every.tick() => self.report().await,
                 _ = shutdown.changed() => {
                     self.report().await;
+                    self.keep_unsent();
                     return;
                 }
             }
         }
     }
+}
+
+const UNSENT_FILE: &str = "usage-unsent.json";
+
+fn load_unsent(dir: &std::path::Path) -> std::io::Result<Vec<UsageBatch>> {
+    let path = dir.join(UNSENT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let batches = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+    std::fs::remove_file(&path)?;
+    Ok(batches)
+}
+
+fn save_unsent(dir: &std::path::Path, batches: &[UsageBatch]) -> std::io::Result<()> {
+    let path = dir.join(UNSENT_FILE);
+    if batches.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{UNSENT_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(batches).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, path)
 }
 
 #[cfg(test)]
