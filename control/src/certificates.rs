@@ -3,8 +3,9 @@
 
 use portico_certs::Certificate;
 use portico_wire as wire;
-use serde_json::{json, Value};
+use serde::Serialize;
 use sqlx::AnyConnection;
+use utoipa::ToSchema;
 
 use crate::api::timestamp;
 use crate::db::{now_ms, Kind, Write};
@@ -14,6 +15,38 @@ pub const UPLOAD: &str = "upload";
 pub const ACME: &str = "acme";
 
 const COLUMNS: &str = "hostname, cert_pem, key_pem, source, names, not_before, not_after, updated_at";
+
+/// A certificate as the API shows it: names and validity, never the key.
+#[derive(Serialize, ToSchema)]
+pub struct CertificateView {
+    /// The record's name; `*.example.app` for a wildcard.
+    pub hostname: String,
+    /// The names in its SAN.
+    pub names: Vec<String>,
+    /// `upload` or `acme`.
+    pub source: String,
+    pub not_before: String,
+    pub expires_at: String,
+    pub updated_at: String,
+    /// The ACME state, on certificates ACME manages (in the list only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Option<CertificateStatus>>,
+}
+
+/// Where a host's certificate stands; `null` where there is none and ACME does not manage the host.
+#[derive(Serialize, ToSchema)]
+pub struct CertificateStatus {
+    /// `pending`, `issued` or `failed` (ACME), or `issued` for an uploaded certificate covering the host.
+    pub state: String,
+    /// Why the last ACME order failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<String>,
+    /// When the certificate that covers the host now expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub expires_at: Option<String>,
+}
 
 #[derive(sqlx::FromRow)]
 pub struct CertRow {
@@ -31,16 +64,16 @@ pub struct CertRow {
 
 impl CertRow {
     /// The API's view: names and validity, no key material.
-    pub fn view(&self) -> Value {
-        let names: Vec<String> = serde_json::from_str(&self.names).unwrap_or_default();
-        json!({
-            "hostname": self.hostname,
-            "names": names,
-            "source": self.source,
-            "not_before": timestamp(self.not_before),
-            "expires_at": timestamp(self.not_after),
-            "updated_at": timestamp(self.updated_at),
-        })
+    pub fn view(&self) -> CertificateView {
+        CertificateView {
+            hostname: self.hostname.clone(),
+            names: serde_json::from_str(&self.names).unwrap_or_default(),
+            source: self.source.clone(),
+            not_before: timestamp(self.not_before),
+            expires_at: timestamp(self.not_after),
+            updated_at: timestamp(self.updated_at),
+            certificate: None,
+        }
     }
 
     fn to_wire(&self) -> wire::Certificate {
@@ -141,7 +174,7 @@ pub async fn challenges(conn: &mut AnyConnection) -> ApiResult<Vec<wire::AcmeCha
 /// `{state, reason?, expires_at?}` of the certificate for `hostname`, as `GET /v1/tenant` and
 /// `GET /v1/deployments/{id}` show it: the ACME state when ACME manages the host, else `issued` when an
 /// uploaded certificate covers it, else `null`.
-pub async fn status(conn: &mut AnyConnection, hostname: &str) -> ApiResult<Value> {
+pub async fn status(conn: &mut AnyConnection, hostname: &str) -> ApiResult<Option<CertificateStatus>> {
     let acme: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT state, reason FROM acme_hosts WHERE hostname = $1")
             .bind(hostname)
@@ -149,16 +182,9 @@ pub async fn status(conn: &mut AnyConnection, hostname: &str) -> ApiResult<Value
             .await?;
     let covering = list(conn).await?.into_iter().filter(|c| c.covers(hostname)).max_by_key(|c| c.not_after);
     let expires_at = covering.as_ref().map(|c| timestamp(c.not_after));
-    let mut v = match (acme, &covering) {
-        (Some((state, reason)), _) => json!({ "state": state, "reason": reason }),
-        (None, Some(_)) => json!({ "state": "issued" }),
-        (None, None) => return Ok(Value::Null),
-    };
-    if let (Some(obj), Some(exp)) = (v.as_object_mut(), expires_at) {
-        obj.insert("expires_at".into(), Value::String(exp));
-    }
-    if let Some(obj) = v.as_object_mut() {
-        obj.retain(|_, v| !v.is_null());
-    }
-    Ok(v)
+    Ok(match (acme, &covering) {
+        (Some((state, reason)), _) => Some(CertificateStatus { state, reason, expires_at }),
+        (None, Some(_)) => Some(CertificateStatus { state: "issued".into(), reason: None, expires_at }),
+        (None, None) => None,
+    })
 }

@@ -33,14 +33,32 @@ const RETAIN_ROWS: i64 = 10_000;
 const RETAIN_MS: i64 = 24 * 60 * 60 * 1000;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
+    /// The version the edge has; 0 (or absent) for a snapshot.
     #[serde(default)]
     since: u64,
+    /// Seconds to wait for a change: 25 when absent, at most 60.
     #[serde(default)]
     wait: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "edge_feed",
+    path = "/v1/edge/feed",
+    tag = "edge",
+    summary = "The state as a snapshot, then the changes after `since`, long-polled",
+    security(("edge_token" = [])),
+    params(FeedQuery),
+    responses(
+        (status = 200, description = "A snapshot, or the changes (none when the wait ran out)", body = FeedMessage),
+        (status = 400, response = crate::api::doc::BadRequest),
+        (status = 401, response = crate::api::doc::Unauthorized),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
 pub async fn handler(
     State(app): State<App>,
     _: EdgeKey,

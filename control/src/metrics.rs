@@ -11,6 +11,17 @@ use crate::db::now_ms;
 use crate::error::ApiResult;
 use crate::App;
 
+#[utoipa::path(
+    get,
+    operation_id = "metrics",
+    path = "/metrics",
+    tag = "meta",
+    summary = "Prometheus metrics: certificate states",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
 pub async fn handler(State(app): State<App>) -> ApiResult<Response> {
     let states: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, COUNT(*) FROM acme_hosts GROUP BY state").fetch_all(&app.pool).await?;
@@ -33,7 +44,10 @@ pub async fn handler(State(app): State<App>) -> ApiResult<Response> {
          # TYPE portico_certificate_soonest_expiry_seconds gauge\n",
     );
     if let Some(not_after) = soonest {
-        out.push_str(&format!("portico_certificate_soonest_expiry_seconds {}\n", (not_after - now_ms()) / 1000));
+        out.push_str(&format!(
+            "portico_certificate_soonest_expiry_seconds {}\n",
+            (not_after - now_ms()) / 1000
+        ));
     }
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     Private,
@@ -13,6 +14,7 @@ pub enum Visibility {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     Running,
@@ -21,6 +23,7 @@ pub enum SandboxState {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WakePolicy {
     OnRequest,
@@ -28,6 +31,7 @@ pub enum WakePolicy {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Branding {
     pub logo_url: String,
@@ -39,6 +43,7 @@ pub struct Branding {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub rps: u32,
@@ -46,12 +51,14 @@ pub struct Rate {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PerMinute {
     pub per_minute: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     pub public_per_ip: Rate,
@@ -71,6 +78,7 @@ impl Default for RateLimits {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     pub id: String,
@@ -88,6 +96,7 @@ pub struct Tenant {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Sandbox {
     pub id: String,
@@ -105,6 +114,7 @@ pub struct Sandbox {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Preview {
     pub id: String,
@@ -117,6 +127,7 @@ pub struct Preview {
 
 /// A public key edges verify `mp_` preview tokens with, named by the `kid` in each token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VerifyKey {
     pub kid: String,
@@ -126,6 +137,7 @@ pub struct VerifyKey {
 
 /// A revoked preview token, kept until it would have expired anyway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Revocation {
     pub jti: String,
@@ -135,6 +147,7 @@ pub struct Revocation {
 
 /// A share link (`ms_` token) of one preview, known to edges by the token's SHA-256 only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Share {
     pub id: String,
@@ -153,6 +166,7 @@ pub struct Share {
 /// What control knows of a hashed credential an edge has not seen in its snapshot yet (a token minted
 /// a moment ago).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialLookup {
     Share { share: Share },
@@ -162,6 +176,7 @@ pub enum CredentialLookup {
 /// How an edge checks a runtime version's instances: `GET path` expecting 2xx/3xx, or a TCP connect when
 /// there is no path, every `interval_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default)]
@@ -171,6 +186,7 @@ pub struct HealthCheck {
 
 /// What a deployment version serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VersionTarget {
     /// Load-balanced instances (`ip:port`).
@@ -185,6 +201,7 @@ pub enum VersionTarget {
 
 /// The version a deployment serves now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActiveVersion {
     pub id: String,
@@ -195,6 +212,7 @@ pub struct ActiveVersion {
 /// A published app: reached at `{app}.{workspace}` through the deployment host template and at its
 /// custom domains (exact hosts).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
     pub id: String,
@@ -211,6 +229,7 @@ pub struct Deployment {
 /// A certificate the edges serve over HTTPS, by the names in its SAN: uploaded through the API or issued
 /// by ACME. `hostname` names the record (`*.example.app` for a wildcard).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub hostname: String,
@@ -228,6 +247,7 @@ impl std::fmt::Debug for Certificate {
 
 /// An ACME HTTP-01 challenge any edge answers at `/.well-known/acme-challenge/{token}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcmeChallenge {
     pub token: String,
@@ -236,6 +256,7 @@ pub struct AcmeChallenge {
 
 /// Settings that come from control's command line rather than the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub host_templates: Vec<String>,
@@ -246,6 +267,7 @@ pub struct Settings {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub version: u64,
@@ -269,6 +291,7 @@ pub struct Snapshot {
 
 /// One change to the state, carrying the object's whole current value (or its deletion).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
     Settings { settings: Settings },
@@ -296,6 +319,7 @@ pub enum Change {
 // One value per long-poll answer, moved once: the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FeedMessage {
     /// The whole state at `snapshot.version`: the first answer, or when the edge is too far behind.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the counted requests reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UsageSubject {
     Sandbox,
@@ -15,6 +16,7 @@ pub enum UsageSubject {
 
 /// Counts for one subject in one minute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UsageEntry {
     pub tenant_id: String,
@@ -28,6 +30,7 @@ pub struct UsageEntry {
 
 /// The body of `POST /v1/edge/usage`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UsageBatch {
     /// Random per edge process.

@@ -9,12 +9,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::{ids, normalize_host, HealthCheck, VersionTarget};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
+use utoipa::ToSchema;
 
+use super::doc::{
+    BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
+};
 use super::{owned, timestamp};
 use crate::auth::TenantKey;
+use crate::certificates::CertificateStatus;
 use crate::db::{now_ms, Kind, Write};
 use crate::deployments::{self, DeploymentRow, VersionRow, DEPLOYMENT_COLUMNS, VERSION_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
@@ -24,42 +28,105 @@ use crate::{keys, App};
 const MAX_INSTANCES: usize = 64;
 const DEFAULT_INTERVAL_MS: u64 = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDeployment {
+    /// A DNS label: the app's name in `{app}.{workspace}`.
     name: String,
+    /// A DNS label.
     workspace: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckBody {
+    /// `GET` this path expecting 2xx/3xx; a TCP connect when absent.
     #[serde(default)]
     path: Option<String>,
+    /// 100 to 3600000; 1000 when absent.
     #[serde(default)]
     interval_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+/// Either `instances` (with an optional `health_check`) or `release`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVersion {
+    /// 1 to 64 `"ip:port"`.
     #[serde(default)]
     instances: Option<Vec<String>>,
     #[serde(default)]
     health_check: Option<HealthCheckBody>,
+    /// The SHA-256 of a release this tenant uploaded.
     #[serde(default)]
     release: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Promote {
     version_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDomain {
+    hostname: String,
+}
+
+/// A deployment as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct DeploymentView {
+    id: String,
+    name: String,
+    workspace: String,
+    /// `{app}.{workspace}.…`; empty when no deployment host template is configured.
+    hostname: String,
+    /// `null` until a version is promoted.
+    active_version: Option<VersionView>,
+    versions: Vec<VersionView>,
+    /// Every promotion, oldest first.
+    history: Vec<Promotion>,
+    domains: Vec<DomainView>,
+    created_at: String,
+}
+
+/// A version: `instances` and `health_check`, or `release`.
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    id: String,
+    /// 1, 2, … per deployment.
+    number: u64,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    instances: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HealthCheck>)]
+    health_check: Option<Option<HealthCheck>>,
+    /// The release's SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    release: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Promotion {
+    version_id: String,
+    number: Option<u64>,
+    promoted_at: String,
+}
+
+/// A custom domain and its certificate.
+#[derive(Serialize, ToSchema)]
+pub struct DomainView {
+    hostname: String,
+    certificate: Option<CertificateStatus>,
+}
+
+/// A custom domain as added.
+#[derive(Serialize, ToSchema)]
+pub struct DomainAdded {
     hostname: String,
 }
 
@@ -67,19 +134,26 @@ fn hostname(app: &App, row: &DeploymentRow) -> String {
     app.app_template.as_ref().map(|t| t.render(None, "", "", &row.name, &row.workspace)).unwrap_or_default()
 }
 
-fn version_view(v: &VersionRow) -> ApiResult<Value> {
-    let mut body = json!({ "id": v.id, "number": v.number(), "created_at": timestamp(v.created_at) });
+fn version_view(v: &VersionRow) -> ApiResult<VersionView> {
+    let mut body = VersionView {
+        id: v.id.clone(),
+        number: v.number(),
+        created_at: timestamp(v.created_at),
+        instances: None,
+        health_check: None,
+        release: None,
+    };
     match v.target()? {
         VersionTarget::Runtime { instances, health_check } => {
-            body["instances"] = json!(instances);
-            body["health_check"] = json!(health_check);
+            body.instances = Some(instances);
+            body.health_check = Some(health_check);
         }
-        VersionTarget::Release { sha256 } => body["release"] = json!(sha256),
+        VersionTarget::Release { sha256 } => body.release = Some(sha256),
     }
     Ok(body)
 }
 
-async fn view(app: &App, conn: &mut AnyConnection, row: &DeploymentRow) -> ApiResult<Value> {
+async fn view(app: &App, conn: &mut AnyConnection, row: &DeploymentRow) -> ApiResult<DeploymentView> {
     let versions: Vec<VersionRow> = sqlx::query_as(&format!(
         "SELECT {VERSION_COLUMNS} FROM deployment_versions WHERE deployment_id = $1 ORDER BY number"
     ))
@@ -97,27 +171,51 @@ async fn view(app: &App, conn: &mut AnyConnection, row: &DeploymentRow) -> ApiRe
     let mut domains = Vec::new();
     for hostname in deployments::domains(conn, &row.id).await? {
         let certificate = crate::certificates::status(conn, &hostname).await?;
-        domains.push(json!({ "hostname": hostname, "certificate": certificate }));
+        domains.push(DomainView { hostname, certificate });
     }
-    Ok(json!({
-        "id": row.id,
-        "name": row.name,
-        "workspace": row.workspace,
-        "hostname": hostname(app, row),
-        "active_version": active.map(version_view).transpose()?,
-        "versions": versions.iter().map(version_view).collect::<ApiResult<Vec<_>>>()?,
-        "history": history.iter().map(|(id, at)| json!({
-            "version_id": id, "number": number(id), "promoted_at": timestamp(*at),
-        })).collect::<Vec<_>>(),
-        "domains": domains,
-        "created_at": timestamp(row.created_at),
-    }))
+    Ok(DeploymentView {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        workspace: row.workspace.clone(),
+        hostname: hostname(app, row),
+        active_version: active.map(version_view).transpose()?,
+        versions: versions.iter().map(version_view).collect::<ApiResult<Vec<_>>>()?,
+        history: history
+            .iter()
+            .map(|(id, at)| Promotion {
+                version_id: id.clone(),
+                number: number(id),
+                promoted_at: timestamp(*at),
+            })
+            .collect(),
+        domains,
+        created_at: timestamp(row.created_at),
+    })
 }
 
 async fn load_owned(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> ApiResult<DeploymentRow> {
     owned(deployments::deployment(conn, id).await?, |d| d.tenant_id.as_str(), tenant_id, "deployment")
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "deployments_create",
+    path = "/v1/deployments",
+    tag = "deployments",
+    summary = "Create a deployment",
+    security(("tenant_key" = [])),
+    request_body = CreateDeployment,
+    responses(
+        (status = 201, description = "Created", body = DeploymentView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create(
     State(app): State<App>,
     key: TenantKey,
@@ -164,7 +262,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn list(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Vec<Value>>> {
+#[utoipa::path(
+    get,
+    operation_id = "deployments_list",
+    path = "/v1/deployments",
+    tag = "deployments",
+    summary = "List the caller's deployments",
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, description = "The deployments, oldest first", body = [DeploymentView]),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Vec<DeploymentView>>> {
     let mut conn = app.pool.acquire().await?;
     let rows: Vec<DeploymentRow> = sqlx::query_as(&format!(
         "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE tenant_id = $1 ORDER BY created_at, id"
@@ -179,12 +291,48 @@ pub async fn list(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Vec<
     Ok(Json(out))
 }
 
-pub async fn show(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    operation_id = "deployments_show",
+    path = "/v1/deployments/{id}",
+    tag = "deployments",
+    summary = "Show a deployment with its versions, history and domains",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The deployment's id (`dp_…`)")),
+    responses(
+        (status = 200, description = "The deployment", body = DeploymentView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn show(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+) -> ApiResult<Json<DeploymentView>> {
     let mut conn = app.pool.acquire().await?;
     let row = load_owned(&mut conn, &key.tenant_id, &id).await?;
     Ok(Json(view(&app, &mut conn, &row).await?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "deployments_delete",
+    path = "/v1/deployments/{id}",
+    tag = "deployments",
+    summary = "Delete a deployment: its hosts stop routing",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The deployment's id (`dp_…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn delete(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<StatusCode> {
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;
@@ -250,6 +398,26 @@ fn health_check(body: HealthCheckBody) -> ApiResult<HealthCheck> {
     Ok(HealthCheck { path: body.path, interval_ms })
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "deployments_create_version",
+    path = "/v1/deployments/{id}/versions",
+    tag = "deployments",
+    summary = "Add a version (instances or a release); promote it to serve it",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The deployment's id (`dp_…`)")),
+    request_body = CreateVersion,
+    responses(
+        (status = 201, description = "Created", body = VersionView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create_version(
     State(app): State<App>,
     key: TenantKey,
@@ -300,12 +468,32 @@ fn to_json<T: serde::Serialize>(value: &T) -> ApiResult<String> {
     serde_json::to_string(value).map_err(|e| ApiError::Internal(format!("serialising a version: {e}")))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "deployments_promote",
+    path = "/v1/deployments/{id}/promote",
+    tag = "deployments",
+    summary = "Serve a version (a rollback when it is an older one)",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The deployment's id (`dp_…`)")),
+    request_body = Promote,
+    responses(
+        (status = 200, description = "The deployment, serving the version", body = DeploymentView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn promote(
     State(app): State<App>,
     key: TenantKey,
     PathId(id): PathId,
     ApiJson(body): ApiJson<Promote>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeploymentView>> {
     let mut write = Write::begin(&app.pool).await?;
     let mut row = load_owned(write.conn(), &key.tenant_id, &id).await?;
     let version = deployments::version(write.conn(), &body.version_id).await?;
@@ -332,6 +520,28 @@ pub async fn promote(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "deployments_add_domain",
+    path = "/v1/deployments/{id}/domains",
+    tag = "deployments",
+    summary = "Add a custom domain",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The deployment's id (`dp_…`)")),
+    request_body = AddDomain,
+    responses(
+        (status = 201, description = "Added", body = DomainAdded),
+        (status = 200, description = "This deployment has it already", body = DomainAdded),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn add_domain(
     State(app): State<App>,
     key: TenantKey,
@@ -360,7 +570,7 @@ pub async fn add_domain(
             .await?;
     match taken {
         Some(owner) if owner == id => {
-            return Ok((StatusCode::OK, Json(json!({ "hostname": host }))).into_response())
+            return Ok((StatusCode::OK, Json(DomainAdded { hostname: host })).into_response())
         }
         Some(_) => return Err(ApiError::Conflict(format!("{host} is already in use"))),
         None if preview_domain.is_some() => {
@@ -377,9 +587,28 @@ pub async fn add_domain(
         .await?;
     write.touch(Kind::Deployment, &id);
     write.commit(&app.notify).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "hostname": host }))).into_response())
+    Ok((StatusCode::CREATED, Json(DomainAdded { hostname: host })).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "deployments_delete_domain",
+    path = "/v1/deployments/{id}/domains/{hostname}",
+    tag = "deployments",
+    summary = "Remove a custom domain",
+    security(("tenant_key" = [])),
+    params(
+        ("id" = String, Path, description = "The deployment's id (`dp_…`)"),
+        ("hostname" = String, Path, description = "The custom domain"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn delete_domain(
     State(app): State<App>,
     key: TenantKey,

@@ -1,12 +1,13 @@
 //! The HTTP surface: one router for the tenant/admin API (SPEC §3) and the edge feed.
 
+mod certificates;
 mod deployments;
+pub mod doc;
 mod edge;
 mod previews;
 mod releases;
 mod sandboxes;
 mod shares;
-mod certificates;
 mod tenants;
 mod tokens;
 mod usage;
@@ -16,9 +17,11 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::App;
@@ -26,50 +29,57 @@ use crate::App;
 /// Request bodies are small JSON documents; metadata, the largest field, is capped at 16 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// Every route, each registered with its OpenAPI annotation (`routes!`): what is served is what is documented.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(crate::metrics::handler))
+        .routes(routes!(doc::healthz))
+        .routes(routes!(doc::openapi_json))
+        .routes(routes!(tenants::create, tenants::list))
+        .routes(routes!(tenants::delete))
+        .routes(routes!(tenants::show))
+        .routes(routes!(tenants::put_branding))
+        .routes(routes!(tenants::put_frame_ancestors))
+        .routes(routes!(tenants::put_rate_limits))
+        .routes(routes!(tenants::set_preview_domain))
+        .routes(routes!(tenants::verify_preview_domain))
+        .routes(routes!(certificates::list))
+        .routes(routes!(certificates::put, certificates::delete))
+        .routes(routes!(certificates::renew))
+        .routes(routes!(sandboxes::create, sandboxes::list))
+        .routes(routes!(sandboxes::show, sandboxes::update, sandboxes::delete))
+        .routes(routes!(sandboxes::hibernate))
+        .routes(routes!(sandboxes::rotate_preview_auth))
+        .routes(routes!(wake::wake))
+        .routes(routes!(previews::create))
+        .routes(routes!(previews::list))
+        .routes(routes!(previews::show, previews::delete))
+        .routes(routes!(shares::create, shares::list))
+        .routes(routes!(shares::delete))
+        .routes(routes!(tokens::mint))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(tokens::list_keys))
+        .routes(routes!(tokens::rotate_key))
+        .routes(routes!(deployments::create, deployments::list))
+        .routes(routes!(deployments::show, deployments::delete))
+        .routes(routes!(deployments::create_version))
+        .routes(routes!(deployments::promote))
+        .routes(routes!(deployments::add_domain))
+        .routes(routes!(deployments::delete_domain))
+        .routes(routes!(releases::upload))
+        .routes(routes!(usage::show))
+        .routes(routes!(releases::fetch))
+        .routes(routes!(usage::ingest))
+        .routes(routes!(crate::feed::handler))
+        .routes(routes!(edge::ping))
+        .routes(routes!(wake::activity))
+        .routes(routes!(edge::lookup))
+        .routes(routes!(edge::check_password))
+}
+
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/metrics", get(crate::metrics::handler))
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "ok": true })) }))
-        .route("/v1/tenants", post(tenants::create).get(tenants::list))
-        .route("/v1/tenants/{id}", axum::routing::delete(tenants::delete))
-        .route("/v1/tenant", get(tenants::show))
-        .route("/v1/tenant/branding", put(tenants::put_branding))
-        .route("/v1/tenant/frame-ancestors", put(tenants::put_frame_ancestors))
-        .route("/v1/tenant/rate-limits", put(tenants::put_rate_limits))
-        .route("/v1/tenant/preview-domain", post(tenants::set_preview_domain))
-        .route("/v1/tenant/preview-domain/verify", post(tenants::verify_preview_domain))
-        .route("/v1/certificates", get(certificates::list))
-        .route("/v1/certificates/{hostname}", put(certificates::put).delete(certificates::delete))
-        .route("/v1/certificates/{hostname}/renew", post(certificates::renew))
-        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
-        .route("/v1/sandboxes/{id}", get(sandboxes::show).patch(sandboxes::update).delete(sandboxes::delete))
-        .route("/v1/sandboxes/{id}/hibernate", post(sandboxes::hibernate))
-        .route("/v1/sandboxes/{id}/preview-auth/rotate", post(sandboxes::rotate_preview_auth))
-        .route("/v1/sandboxes/{id}/wake", post(wake::wake))
-        .route("/v1/sandboxes/{id}/previews", post(previews::create))
-        .route("/v1/previews", get(previews::list))
-        .route("/v1/previews/{id}", get(previews::show).delete(previews::delete))
-        .route("/v1/previews/{id}/shares", post(shares::create).get(shares::list))
-        .route("/v1/shares/{id}", axum::routing::delete(shares::delete))
-        .route("/v1/preview-tokens", post(tokens::mint))
-        .route("/v1/preview-tokens/{jti}", axum::routing::delete(tokens::revoke))
-        .route("/v1/signing-keys", get(tokens::list_keys))
-        .route("/v1/signing-keys/rotate", post(tokens::rotate_key))
-        .route("/v1/deployments", post(deployments::create).get(deployments::list))
-        .route("/v1/deployments/{id}", get(deployments::show).delete(deployments::delete))
-        .route("/v1/deployments/{id}/versions", post(deployments::create_version))
-        .route("/v1/deployments/{id}/promote", post(deployments::promote))
-        .route("/v1/deployments/{id}/domains", post(deployments::add_domain))
-        .route("/v1/deployments/{id}/domains/{hostname}", axum::routing::delete(deployments::delete_domain))
-        .route("/v1/releases/{sha256}", put(releases::upload))
-        .route("/v1/usage", get(usage::show))
-        .route("/v1/edge/releases/{sha256}", get(releases::fetch))
-        .route("/v1/edge/usage", post(usage::ingest))
-        .route("/v1/edge/feed", get(crate::feed::handler))
-        .route("/v1/edge/ping", get(|_: crate::auth::EdgeKey| async { StatusCode::NO_CONTENT }))
-        .route("/v1/edge/activity", post(wake::activity))
-        .route("/v1/edge/credentials/{hash}", get(edge::lookup))
-        .route("/v1/edge/shares/{id}/password", post(edge::check_password))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             let body = serde_json::json!({

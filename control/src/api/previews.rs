@@ -6,28 +6,49 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::Visibility;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized};
 use super::{owned, sandboxes, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_parse, enum_text, now_ms, Kind, PreviewRow, Write, PREVIEW_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
 use crate::{keys, App};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePreview {
+    /// 1 to 65535.
     port: u16,
+    /// The sandbox's `default_visibility` when absent.
     #[serde(default)]
     visibility: Option<Visibility>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this sandbox's previews.
     #[serde(default)]
     sandbox_id: Option<String>,
+}
+
+/// A preview as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct PreviewView {
+    id: String,
+    /// The random host label it is reached at.
+    slug: String,
+    sandbox_id: String,
+    port: u16,
+    visibility: Visibility,
+    /// Where it is reached; empty when no preview host template is configured.
+    url: String,
+    /// Always `active`.
+    status: &'static str,
+    created_at: String,
 }
 
 pub fn url(app: &App, row: &PreviewRow) -> ApiResult<String> {
@@ -39,17 +60,17 @@ pub fn url(app: &App, row: &PreviewRow) -> ApiResult<String> {
     })
 }
 
-fn view(app: &App, row: &PreviewRow) -> ApiResult<Value> {
-    Ok(json!({
-        "id": row.id,
-        "slug": row.slug,
-        "sandbox_id": row.sandbox_id,
-        "port": row.port()?,
-        "visibility": enum_parse::<Visibility>("visibility", &row.visibility)?,
-        "url": url(app, row)?,
-        "status": "active",
-        "created_at": timestamp(row.created_at),
-    }))
+fn view(app: &App, row: &PreviewRow) -> ApiResult<PreviewView> {
+    Ok(PreviewView {
+        id: row.id.clone(),
+        slug: row.slug.clone(),
+        sandbox_id: row.sandbox_id.clone(),
+        port: row.port()?,
+        visibility: enum_parse::<Visibility>("visibility", &row.visibility)?,
+        url: url(app, row)?,
+        status: "active",
+        created_at: timestamp(row.created_at),
+    })
 }
 
 pub async fn load_owned(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> ApiResult<PreviewRow> {
@@ -62,6 +83,27 @@ async fn slug_taken(conn: &mut AnyConnection, slug: &str) -> ApiResult<bool> {
     Ok(found.is_some())
 }
 
+/// Creating one again on the same port replaces it: the new one has a new slug, the old slug stops routing.
+#[utoipa::path(
+    post,
+    operation_id = "previews_create",
+    path = "/v1/sandboxes/{id}/previews",
+    tag = "previews",
+    summary = "Create (or replace) the preview of a sandbox port",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    request_body = CreatePreview,
+    responses(
+        (status = 201, description = "Created", body = PreviewView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create(
     State(app): State<App>,
     key: TenantKey,
@@ -120,11 +162,27 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&app, &row)?)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "previews_list",
+    path = "/v1/previews",
+    tag = "previews",
+    summary = "List the caller's previews",
+    security(("tenant_key" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The previews, oldest first", body = [PreviewView]),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list(
     State(app): State<App>,
     key: TenantKey,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<PreviewView>>> {
     let rows: Vec<PreviewRow> = match &query.sandbox_id {
         Some(sandbox) => {
             let sql = format!(
@@ -143,11 +201,47 @@ pub async fn list(
     Ok(Json(rows.iter().map(|r| view(&app, r)).collect::<ApiResult<_>>()?))
 }
 
-pub async fn show(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    operation_id = "previews_show",
+    path = "/v1/previews/{id}",
+    tag = "previews",
+    summary = "Show a preview",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The preview's id (`pv_…`)")),
+    responses(
+        (status = 200, description = "The preview", body = PreviewView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn show(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+) -> ApiResult<Json<PreviewView>> {
     let mut conn = app.pool.acquire().await?;
     Ok(Json(view(&app, &load_owned(&mut conn, &key.tenant_id, &id).await?)?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "previews_delete",
+    path = "/v1/previews/{id}",
+    tag = "previews",
+    summary = "Delete a preview: its host stops routing",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The preview's id (`pv_…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn delete(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<StatusCode> {
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;

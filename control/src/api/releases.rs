@@ -6,14 +6,60 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
+use super::doc::{Forbidden, Internal, InvalidField, NotFound, Unauthorized};
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult, PathId};
 use crate::releases::{self, is_release_id, ReleaseError};
 use crate::App;
 
+/// A `.tar.gz` archive, as bytes: in OpenAPI 3.1, a string whose content is `application/gzip`.
+pub struct Archive;
+
+impl utoipa::PartialSchema for Archive {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().schema_type(Type::String).content_media_type("application/gzip").into()
+    }
+}
+
+impl ToSchema for Archive {}
+
+/// A release as stored.
+#[derive(Serialize, ToSchema)]
+pub struct Release {
+    /// The SHA-256 (hex) of the `.tar.gz`: what a deployment version names.
+    id: String,
+    sha256: String,
+    /// Files in the archive.
+    files: u64,
+    /// Unpacked size.
+    bytes: u64,
+}
+
+#[utoipa::path(
+    put,
+    operation_id = "releases_upload",
+    path = "/v1/releases/{sha256}",
+    tag = "releases",
+    summary = "Upload a static release (.tar.gz), named by its SHA-256",
+    security(("tenant_key" = [])),
+    params(("sha256" = String, Path, description = "The SHA-256 (hex) of the body")),
+    request_body(content = Archive, content_type = "application/gzip", description = "A `.tar.gz` of static files"),
+    responses(
+        (status = 201, description = "Stored", body = Release),
+        (status = 200, description = "Already uploaded by this tenant", body = Release),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn upload(
     State(app): State<App>,
     key: TenantKey,
@@ -53,8 +99,7 @@ pub async fn upload(
     .execute(&app.pool)
     .await?;
     let status = if inserted.rows_affected() > 0 { StatusCode::CREATED } else { StatusCode::OK };
-    let body =
-        json!({ "id": sha256, "sha256": sha256, "files": checked.files, "bytes": checked.unpacked_bytes });
+    let body = Release { id: sha256.clone(), sha256, files: checked.files, bytes: checked.unpacked_bytes };
     Ok((status, Json(body)).into_response())
 }
 
@@ -63,6 +108,21 @@ fn refused(e: ReleaseError) -> ApiError {
 }
 
 /// The archive as uploaded; the edge checks its hash again before unpacking.
+#[utoipa::path(
+    get,
+    operation_id = "edge_release_fetch",
+    path = "/v1/edge/releases/{sha256}",
+    tag = "edge",
+    summary = "Download a release archive",
+    security(("edge_token" = [])),
+    params(("sha256" = String, Path, description = "The release's SHA-256 (hex)")),
+    responses(
+        (status = 200, description = "The `.tar.gz` as uploaded", content_type = "application/gzip", body = Archive),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn fetch(State(app): State<App>, _: EdgeKey, PathId(sha256): PathId) -> ApiResult<Response> {
     if !is_release_id(&sha256) {
         return Err(ApiError::not_found("release"));

@@ -5,10 +5,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::{SandboxState, Visibility, WakePolicy};
-use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use sqlx::AnyConnection;
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::{
+    BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
+};
 use super::{owned, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_text, now_ms, Kind, SandboxRow, Write, SANDBOX_COLUMNS};
@@ -16,7 +20,7 @@ use crate::error::{ApiError, ApiJson, ApiResult, PathId};
 use crate::{keys, validate, App};
 
 /// The states a caller may set; `waking` is the edge's and control's business only.
-#[derive(Clone, Copy, Deserialize)]
+#[derive(Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SetState {
     Running,
@@ -32,17 +36,20 @@ impl From<SetState> for SandboxState {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewAuth {
+    /// `auto` for a random token, or one of at least 16 characters.
     token: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
+    /// 4 to 40 characters of `[a-z0-9]`; random when absent.
     #[serde(default)]
     id: Option<String>,
+    /// The sandbox's IP or host name: the edge dials `address:port`.
     address: String,
     #[serde(default)]
     state: Option<SetState>,
@@ -56,8 +63,10 @@ pub struct CreateSandbox {
     external_user_id: Option<String>,
     #[serde(default)]
     external_project_id: Option<String>,
+    /// Any JSON, up to 16 KiB.
     #[serde(default)]
     metadata: Option<Value>,
+    /// Let CORS preflight (`OPTIONS`) through to private previews without credentials.
     #[serde(default)]
     allow_preflight: bool,
 }
@@ -67,7 +76,8 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+/// Absent fields are kept; `null` clears the nullable ones.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSandbox {
     #[serde(default)]
@@ -79,16 +89,20 @@ pub struct UpdateSandbox {
     #[serde(default)]
     wake_policy: Option<WakePolicy>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     external_user_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     external_project_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Option<Value>>,
     #[serde(default)]
     allow_preflight: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
     external_user_id: Option<String>,
@@ -97,21 +111,60 @@ pub struct ListQuery {
     idle_for: Option<u64>,
 }
 
-pub fn view(row: &SandboxRow) -> ApiResult<Value> {
-    Ok(json!({
-        "id": row.id,
-        "address": row.address,
-        "state": row.state,
-        "default_visibility": row.default_visibility,
-        "wake_policy": row.wake_policy,
-        "preview_auth": row.preview_auth_sha256.is_some(),
-        "external_user_id": row.external_user_id,
-        "external_project_id": row.external_project_id,
-        "metadata": row.metadata()?,
-        "created_at": timestamp(row.created_at),
-        "last_request_at": row.last_request_at.map(timestamp),
-        "allow_preflight": row.allow_preflight != 0,
-    }))
+/// A sandbox as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct SandboxView {
+    id: String,
+    address: String,
+    #[schema(value_type = SandboxState)]
+    state: String,
+    #[schema(value_type = Visibility)]
+    default_visibility: String,
+    #[schema(value_type = WakePolicy)]
+    wake_policy: String,
+    /// Whether a preview-auth token guards it (the token itself is never shown again).
+    preview_auth: bool,
+    external_user_id: Option<String>,
+    external_project_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Value>,
+    created_at: String,
+    /// The last request any edge reported; `null` if none yet.
+    last_request_at: Option<String>,
+    allow_preflight: bool,
+}
+
+/// A sandbox just created, with its preview-auth token when it asked for one: shown only here.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedSandbox {
+    #[serde(flatten)]
+    sandbox: SandboxView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    preview_auth_token: Option<String>,
+}
+
+/// A new preview-auth token: shown only here.
+#[derive(Serialize, ToSchema)]
+pub struct PreviewAuthToken {
+    preview_auth_token: String,
+}
+
+pub fn view(row: &SandboxRow) -> ApiResult<SandboxView> {
+    Ok(SandboxView {
+        id: row.id.clone(),
+        address: row.address.clone(),
+        state: row.state.clone(),
+        default_visibility: row.default_visibility.clone(),
+        wake_policy: row.wake_policy.clone(),
+        preview_auth: row.preview_auth_sha256.is_some(),
+        external_user_id: row.external_user_id.clone(),
+        external_project_id: row.external_project_id.clone(),
+        metadata: row.metadata()?,
+        created_at: timestamp(row.created_at),
+        last_request_at: row.last_request_at.map(timestamp),
+        allow_preflight: row.allow_preflight != 0,
+    })
 }
 
 /// The caller's sandbox, or 404 (unknown) / 403 (another tenant's).
@@ -130,6 +183,25 @@ fn external(field: &str, value: Option<String>) -> ApiResult<Option<String>> {
     value.map(|v| validate::external_id(field, &v)).transpose()
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "sandboxes_create",
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    summary = "Register a sandbox",
+    security(("tenant_key" = [])),
+    request_body = CreateSandbox,
+    responses(
+        (status = 201, description = "Created; `preview_auth_token` is shown only here", body = CreatedSandbox),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create(
     State(app): State<App>,
     key: TenantKey,
@@ -191,18 +263,31 @@ pub async fn create(
     let row = load_owned(write.conn(), &key.tenant_id, &id).await?;
     write.touch(Kind::Sandbox, &id);
     write.commit(&app.notify).await?;
-    let mut body = view(&row)?;
-    if let (Some(token), Some(obj)) = (token, body.as_object_mut()) {
-        obj.insert("preview_auth_token".into(), Value::String(token));
-    }
+    let body = CreatedSandbox { sandbox: view(&row)?, preview_auth_token: token };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "sandboxes_list",
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    summary = "List the caller's sandboxes",
+    security(("tenant_key" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The sandboxes, oldest first", body = [SandboxView]),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list(
     State(app): State<App>,
     key: TenantKey,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<Value>>> {
+) -> ApiResult<Json<Vec<SandboxView>>> {
     let mut sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE tenant_id = $1");
     if query.external_user_id.is_some() {
         sql.push_str(" AND external_user_id = $2");
@@ -225,17 +310,57 @@ pub async fn list(
     Ok(Json(rows.iter().map(view).collect::<ApiResult<_>>()?))
 }
 
-pub async fn show(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    operation_id = "sandboxes_show",
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    summary = "Show a sandbox",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 200, description = "The sandbox", body = SandboxView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn show(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+) -> ApiResult<Json<SandboxView>> {
     let mut conn = app.pool.acquire().await?;
     Ok(Json(view(&load_owned(&mut conn, &key.tenant_id, &id).await?)?))
 }
 
+#[utoipa::path(
+    patch,
+    operation_id = "sandboxes_update",
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    summary = "Change a sandbox's fields",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    request_body = UpdateSandbox,
+    responses(
+        (status = 200, description = "The sandbox, updated", body = SandboxView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn update(
     State(app): State<App>,
     key: TenantKey,
     PathId(id): PathId,
     ApiJson(body): ApiJson<UpdateSandbox>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SandboxView>> {
     let address = body.address.map(|a| validate::address(&a)).transpose()?;
     let external_user_id = body.external_user_id.map(|v| external("external_user_id", v)).transpose()?;
     let external_project_id =
@@ -269,6 +394,22 @@ pub async fn update(
 }
 
 /// Deletes the sandbox and its previews; their hosts stop routing with this feed version.
+#[utoipa::path(
+    delete,
+    operation_id = "sandboxes_delete",
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    summary = "Delete a sandbox and its previews",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn delete(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<StatusCode> {
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;
@@ -284,7 +425,27 @@ pub async fn delete(State(app): State<App>, key: TenantKey, PathId(id): PathId) 
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn hibernate(State(app): State<App>, key: TenantKey, PathId(id): PathId) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    post,
+    operation_id = "sandboxes_hibernate",
+    path = "/v1/sandboxes/{id}/hibernate",
+    tag = "sandboxes",
+    summary = "Mark a sandbox hibernated (the next request wakes it)",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 200, description = "The sandbox, hibernated", body = SandboxView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn hibernate(
+    State(app): State<App>,
+    key: TenantKey,
+    PathId(id): PathId,
+) -> ApiResult<Json<SandboxView>> {
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;
     sqlx::query("UPDATE sandboxes SET state = $1 WHERE id = $2")
@@ -299,11 +460,27 @@ pub async fn hibernate(State(app): State<App>, key: TenantKey, PathId(id): PathI
 }
 
 /// Replaces the preview-auth token; the old one stops working with this feed version.
+#[utoipa::path(
+    post,
+    operation_id = "sandboxes_rotate_preview_auth",
+    path = "/v1/sandboxes/{id}/preview-auth/rotate",
+    tag = "sandboxes",
+    summary = "Replace the sandbox's preview-auth token",
+    security(("tenant_key" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 200, description = "The new token, shown only here", body = PreviewAuthToken),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn rotate_preview_auth(
     State(app): State<App>,
     key: TenantKey,
     PathId(id): PathId,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<PreviewAuthToken>> {
     let token = keys::random_secret();
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;
@@ -314,5 +491,5 @@ pub async fn rotate_preview_auth(
         .await?;
     write.touch(Kind::Sandbox, &id);
     write.commit(&app.notify).await?;
-    Ok(Json(json!({ "preview_auth_token": token })))
+    Ok(Json(PreviewAuthToken { preview_auth_token: token }))
 }

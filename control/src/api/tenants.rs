@@ -5,11 +5,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::{Branding, PerMinute, Rate, RateLimits};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::doc::{
+    BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
+};
 use super::timestamp;
 use crate::auth::{Admin, TenantKey};
+use crate::certificates::CertificateStatus;
 use crate::db::{self, now_ms, Kind, TenantRow, Write, TENANT_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
 use crate::{keys, validate, App};
@@ -21,23 +25,64 @@ fn json_text<T: serde::Serialize>(value: &T) -> ApiResult<String> {
     serde_json::to_string(value).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-fn view(app: &App, row: &TenantRow) -> ApiResult<Value> {
-    let preview_domain = row.preview_domain.as_ref().map(|hostname| {
-        json!({
-            "hostname": hostname,
-            "status": row.preview_domain_status.as_deref().unwrap_or("pending"),
-            "cname_target": app.cname_target,
-        })
+/// A tenant as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct TenantView {
+    id: String,
+    name: String,
+    created_at: String,
+    /// `null` until set: the edge's pages show Portico's own.
+    branding: Option<Branding>,
+    /// CSP `frame-ancestors` sources; `null` until set: the platform default applies.
+    frame_ancestors: Option<Vec<String>>,
+    /// The tenant's own limits, or the platform default when it set none.
+    rate_limits: RateLimits,
+    preview_domain: Option<PreviewDomain>,
+}
+
+/// A tenant's preview domain: `{slug}.<hostname>` routes once it is `verified`.
+#[derive(Serialize, ToSchema)]
+pub struct PreviewDomain {
+    hostname: String,
+    /// `pending` until its CNAME points at `cname_target`, then `verified`.
+    status: String,
+    cname_target: String,
+    /// What DNS answered, when a verification did not succeed (verify only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    reason: Option<String>,
+    /// Its certificate (`GET /v1/tenant` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<Option<CertificateStatus>>,
+}
+
+/// A tenant just created: the only answer that shows its API key.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedTenant {
+    id: String,
+    name: String,
+    /// `msk_…`: shown once, stored only as its SHA-256.
+    api_key: String,
+    created_at: String,
+}
+
+fn view(app: &App, row: &TenantRow) -> ApiResult<TenantView> {
+    let preview_domain = row.preview_domain.as_ref().map(|hostname| PreviewDomain {
+        hostname: hostname.clone(),
+        status: row.preview_domain_status.clone().unwrap_or_else(|| "pending".into()),
+        cname_target: app.cname_target.clone(),
+        reason: None,
+        certificate: None,
     });
-    Ok(json!({
-        "id": row.id,
-        "name": row.name,
-        "created_at": timestamp(row.created_at),
-        "branding": row.branding()?,
-        "frame_ancestors": row.frame_ancestors()?,
-        "rate_limits": row.rate_limits()?.unwrap_or(app.default_rate_limits),
-        "preview_domain": preview_domain,
-    }))
+    Ok(TenantView {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        created_at: timestamp(row.created_at),
+        branding: row.branding()?,
+        frame_ancestors: row.frame_ancestors()?,
+        rate_limits: row.rate_limits()?.unwrap_or(app.default_rate_limits),
+        preview_domain,
+    })
 }
 
 async fn load(app: &App, id: &str) -> ApiResult<TenantRow> {
@@ -45,12 +90,32 @@ async fn load(app: &App, id: &str) -> ApiResult<TenantRow> {
     db::tenant(&mut conn, id).await?.ok_or_else(|| ApiError::not_found("tenant"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 1 to 100 characters.
     name: String,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "tenants_create",
+    path = "/v1/tenants",
+    tag = "tenants",
+    summary = "Create a tenant and its API key",
+    security(("admin_key" = [])),
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created; `api_key` is shown only here", body = CreatedTenant),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create(
     State(app): State<App>,
     _: Admin,
@@ -74,17 +139,47 @@ pub async fn create(
     .await?;
     write.touch(Kind::Tenant, &id);
     write.commit(&app.notify).await?;
-    let body = json!({ "id": id, "name": name, "api_key": api_key, "created_at": timestamp(created_at) });
+    let body = CreatedTenant { id, name, api_key, created_at: timestamp(created_at) };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn list(State(app): State<App>, _: Admin) -> ApiResult<Json<Vec<Value>>> {
+#[utoipa::path(
+    get,
+    operation_id = "tenants_list",
+    path = "/v1/tenants",
+    tag = "tenants",
+    summary = "List every tenant",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The tenants", body = [TenantView]),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list(State(app): State<App>, _: Admin) -> ApiResult<Json<Vec<TenantView>>> {
     let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id");
     let rows: Vec<TenantRow> = sqlx::query_as(&sql).fetch_all(&app.pool).await?;
     Ok(Json(rows.iter().map(|r| view(&app, r)).collect::<ApiResult<_>>()?))
 }
 
 /// Deletes the tenant with its sandboxes and previews, each gone from the feed in the same version.
+#[utoipa::path(
+    delete,
+    operation_id = "tenants_delete",
+    path = "/v1/tenants/{id}",
+    tag = "tenants",
+    summary = "Delete a tenant with everything it owns",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The tenant's id (`tn_…`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> ApiResult<StatusCode> {
     let mut write = Write::begin(&app.pool).await?;
     if db::tenant(write.conn(), &id).await?.is_none() {
@@ -113,18 +208,38 @@ pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> Api
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn show(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    operation_id = "tenants_show",
+    path = "/v1/tenant",
+    tag = "tenants",
+    summary = "Show the caller's tenant, with its preview domain's certificate",
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn show(State(app): State<App>, key: TenantKey) -> ApiResult<Json<TenantView>> {
     let row = load(&app, &key.tenant_id).await?;
     let mut v = view(&app, &row)?;
-    if let Some(hostname) = &row.preview_domain {
+    if let (Some(hostname), Some(domain)) = (&row.preview_domain, v.preview_domain.as_mut()) {
         let mut conn = app.pool.acquire().await?;
-        v["preview_domain"]["certificate"] = crate::certificates::status(&mut conn, hostname).await?;
+        domain.certificate = Some(crate::certificates::status(&mut conn, hostname).await?);
     }
     Ok(Json(v))
 }
 
 /// Sets one JSON column of the caller's tenant and answers with the whole tenant.
-async fn update_column(app: &App, tenant_id: &str, column: &str, text: String) -> ApiResult<Json<Value>> {
+async fn update_column(
+    app: &App,
+    tenant_id: &str,
+    column: &str,
+    text: String,
+) -> ApiResult<Json<TenantView>> {
     let mut write = Write::begin(&app.pool).await?;
     let sql = format!("UPDATE tenants SET {column} = $1 WHERE id = $2");
     let done = sqlx::query(&sql).bind(text).bind(tenant_id).execute(write.conn()).await?;
@@ -136,22 +251,45 @@ async fn update_column(app: &App, tenant_id: &str, column: &str, text: String) -
     Ok(Json(view(app, &load(app, tenant_id).await?)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutBranding {
+    /// `https://` only.
     logo_url: String,
+    /// `#rrggbb`.
     accent_color: String,
+    /// `https://` only.
     #[serde(default)]
     support_url: Option<String>,
+    /// At most 60 characters.
     #[serde(default)]
     product_name: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "tenants_put_branding",
+    path = "/v1/tenant/branding",
+    tag = "tenants",
+    summary = "Set the branding of the edge's pages",
+    security(("tenant_key" = [])),
+    request_body = PutBranding,
+    responses(
+        (status = 200, description = "The tenant, updated", body = TenantView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn put_branding(
     State(app): State<App>,
     key: TenantKey,
     ApiJson(body): ApiJson<PutBranding>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     let branding = Branding {
         logo_url: validate::https_url("logo_url", &body.logo_url)?,
         accent_color: validate::accent_color(&body.accent_color)?,
@@ -161,26 +299,65 @@ pub async fn put_branding(
     update_column(&app, &key.tenant_id, "branding", json_text(&branding)?).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutFrameAncestors {
+    /// CSP source expressions, such as `'self'` or `https://app.example.com`.
     sources: Vec<String>,
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "tenants_put_frame_ancestors",
+    path = "/v1/tenant/frame-ancestors",
+    tag = "tenants",
+    summary = "Set which origins may frame the tenant's previews",
+    security(("tenant_key" = [])),
+    request_body = PutFrameAncestors,
+    responses(
+        (status = 200, description = "The tenant, updated", body = TenantView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn put_frame_ancestors(
     State(app): State<App>,
     key: TenantKey,
     ApiJson(body): ApiJson<PutFrameAncestors>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     let sources = validate::frame_ancestors("sources", &body.sources)?;
     update_column(&app, &key.tenant_id, "frame_ancestors", json_text(&sources)?).await
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "tenants_put_rate_limits",
+    path = "/v1/tenant/rate-limits",
+    tag = "tenants",
+    summary = "Set the tenant's rate limits",
+    security(("tenant_key" = [])),
+    request_body = RateLimits,
+    responses(
+        (status = 200, description = "The tenant, updated", body = TenantView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn put_rate_limits(
     State(app): State<App>,
     key: TenantKey,
     ApiJson(body): ApiJson<RateLimits>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TenantView>> {
     let rate = |field: &str, r: Rate| -> ApiResult<Rate> {
         Ok(Rate {
             rps: validate::rate(&format!("{field}.rps"), r.rps, MAX_RPS)?,
@@ -201,13 +378,32 @@ pub async fn put_rate_limits(
     update_column(&app, &key.tenant_id, "rate_limits", json_text(&limits)?).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPreviewDomain {
     hostname: String,
 }
 
 /// Claims a preview domain; it stays `pending` (and does not route) until verified.
+#[utoipa::path(
+    post,
+    operation_id = "tenants_set_preview_domain",
+    path = "/v1/tenant/preview-domain",
+    tag = "tenants",
+    summary = "Claim a preview domain (pending until verified)",
+    security(("tenant_key" = [])),
+    request_body = SetPreviewDomain,
+    responses(
+        (status = 201, description = "Claimed, `pending`", body = PreviewDomain),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn set_preview_domain(
     State(app): State<App>,
     key: TenantKey,
@@ -229,14 +425,35 @@ pub async fn set_preview_domain(
         .await?;
     write.touch(Kind::Tenant, &key.tenant_id);
     write.commit(&app.notify).await?;
-    let body = json!({ "hostname": hostname, "status": "pending", "cname_target": app.cname_target });
+    let body = PreviewDomain {
+        hostname,
+        status: "pending".into(),
+        cname_target: app.cname_target.clone(),
+        reason: None,
+        certificate: None,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// Checks the preview domain's CNAME now: `verified` once it points at `cname_target` (then
 /// `{slug}.<domain>` routes, and ACME orders its certificates). Otherwise the status stays as it was
 /// (a verified domain is not dropped for one failed look-up) and `reason` says what DNS answered.
-pub async fn verify_preview_domain(State(app): State<App>, key: TenantKey) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    post,
+    operation_id = "tenants_verify_preview_domain",
+    path = "/v1/tenant/preview-domain/verify",
+    tag = "tenants",
+    summary = "Check the preview domain's CNAME now",
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, description = "The domain's status; `reason` when DNS did not answer as needed", body = PreviewDomain),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn verify_preview_domain(State(app): State<App>, key: TenantKey) -> ApiResult<Json<PreviewDomain>> {
     let row = load(&app, &key.tenant_id).await?;
     let Some(hostname) = row.preview_domain.clone() else {
         return Err(ApiError::NotFound("no preview domain: POST /v1/tenant/preview-domain first".into()));
@@ -256,13 +473,20 @@ pub async fn verify_preview_domain(State(app): State<App>, key: TenantKey) -> Ap
                 write.touch(Kind::Tenant, &key.tenant_id);
                 write.commit(&app.notify).await?;
             }
-            Ok(Json(json!({ "hostname": hostname, "status": "verified", "cname_target": app.cname_target })))
+            Ok(Json(PreviewDomain {
+                hostname,
+                status: "verified".into(),
+                cname_target: app.cname_target.clone(),
+                reason: None,
+                certificate: None,
+            }))
         }
-        Err(reason) => Ok(Json(json!({
-            "hostname": hostname,
-            "status": status,
-            "cname_target": app.cname_target,
-            "reason": reason,
-        }))),
+        Err(reason) => Ok(Json(PreviewDomain {
+            hostname,
+            status,
+            cname_target: app.cname_target.clone(),
+            reason: Some(reason),
+            certificate: None,
+        })),
     }
 }

@@ -6,9 +6,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::tokens::{self, PreviewClaims, KNOWN_SCOPES, SCOPE_READ};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized};
 use super::{owned, sandboxes, timestamp};
 use crate::auth::{Admin, TenantKey};
 use crate::credentials::{self, now_secs, MAX_TOKEN_TTL_SECS};
@@ -18,16 +19,43 @@ use crate::{keys, App};
 
 const DEFAULT_TTL_SECS: u64 = 3600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
     sandbox_id: String,
+    /// Only this port of the sandbox; any port when absent.
     #[serde(default)]
     port: Option<u16>,
+    /// 1 to 86400; 3600 when absent.
     #[serde(default)]
     ttl_seconds: Option<u64>,
+    /// `["read"]` when absent.
     #[serde(default)]
     scopes: Option<Vec<String>>,
+}
+
+/// A signed preview token.
+#[derive(Serialize, ToSchema)]
+pub struct MintedToken {
+    /// `mp_…`.
+    token: String,
+    /// Revokes it: `DELETE /v1/preview-tokens/{jti}`.
+    jti: String,
+    expires_at: String,
+    /// The URL to put in an iframe; `null` without a `port` or a port host template.
+    embed_url: Option<String>,
+}
+
+/// A signing key's public half.
+#[derive(Serialize, ToSchema)]
+pub struct SigningKey {
+    kid: String,
+    /// Ed25519, base64.
+    public_key: String,
+    created_at: String,
+    retired_at: Option<String>,
+    /// Whether new tokens are signed with it.
+    active: bool,
 }
 
 fn secs_to_ms(secs: u64) -> i64 {
@@ -44,7 +72,29 @@ fn embed_url(app: &App, sandbox: &str, port: Option<u16>, token: &str) -> Option
     })
 }
 
-pub async fn mint(State(app): State<App>, key: TenantKey, ApiJson(body): ApiJson<MintToken>) -> ApiResult<Response> {
+#[utoipa::path(
+    post,
+    operation_id = "tokens_mint",
+    path = "/v1/preview-tokens",
+    tag = "preview-tokens",
+    summary = "Mint a signed preview token for a sandbox",
+    security(("tenant_key" = [])),
+    request_body = MintToken,
+    responses(
+        (status = 201, description = "Minted", body = MintedToken),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn mint(
+    State(app): State<App>,
+    key: TenantKey,
+    ApiJson(body): ApiJson<MintToken>,
+) -> ApiResult<Response> {
     let ttl = body.ttl_seconds.unwrap_or(DEFAULT_TTL_SECS);
     if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
         return Err(ApiError::invalid("ttl_seconds", format!("must be between 1 and {MAX_TOKEN_TTL_SECS}")));
@@ -57,13 +107,17 @@ pub async fn mint(State(app): State<App>, key: TenantKey, ApiJson(body): ApiJson
         return Err(ApiError::invalid("scopes", "must name at least one scope"));
     }
     if let Some((i, bad)) = scopes.iter().enumerate().find(|(_, s)| !KNOWN_SCOPES.contains(&s.as_str())) {
-        return Err(ApiError::invalid(&format!("scopes[{i}]"), format!("unknown scope {bad:?}; known: {KNOWN_SCOPES:?}")));
+        return Err(ApiError::invalid(
+            &format!("scopes[{i}]"),
+            format!("unknown scope {bad:?}; known: {KNOWN_SCOPES:?}"),
+        ));
     }
     let mut conn = app.pool.acquire().await?;
-    let sandbox = sandboxes::load_owned(&mut conn, &key.tenant_id, &body.sandbox_id).await.map_err(|e| match e {
-        ApiError::NotFound(_) => ApiError::invalid("sandbox_id", "no such sandbox"),
-        other => other,
-    })?;
+    let sandbox =
+        sandboxes::load_owned(&mut conn, &key.tenant_id, &body.sandbox_id).await.map_err(|e| match e {
+            ApiError::NotFound(_) => ApiError::invalid("sandbox_id", "no such sandbox"),
+            other => other,
+        })?;
     drop(conn);
     let signing = credentials::active_key(&app.pool).await?;
     let exp = now_secs() + ttl;
@@ -88,16 +142,32 @@ pub async fn mint(State(app): State<App>, key: TenantKey, ApiJson(body): ApiJson
     .bind(i64::try_from(exp).unwrap_or(i64::MAX))
     .execute(&app.pool)
     .await?;
-    let body = json!({
-        "token": token,
-        "jti": claims.jti,
-        "expires_at": timestamp(secs_to_ms(exp)),
-        "embed_url": embed_url(&app, &claims.sbx, claims.port, &token),
-    });
+    let body = MintedToken {
+        embed_url: embed_url(&app, &claims.sbx, claims.port, &token),
+        token,
+        jti: claims.jti,
+        expires_at: timestamp(secs_to_ms(exp)),
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// Revokes a token: every edge refuses it within a second, until it would have expired anyway.
+#[utoipa::path(
+    delete,
+    operation_id = "tokens_revoke",
+    path = "/v1/preview-tokens/{jti}",
+    tag = "preview-tokens",
+    summary = "Revoke a preview token",
+    security(("tenant_key" = [])),
+    params(("jti" = String, Path, description = "The token's `jti`")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn revoke(State(app): State<App>, key: TenantKey, PathId(jti): PathId) -> ApiResult<StatusCode> {
     let mut write = Write::begin(&app.pool).await?;
     let row: Option<(String, String)> =
@@ -116,23 +186,51 @@ pub async fn revoke(State(app): State<App>, key: TenantKey, PathId(jti): PathId)
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn key_view(row: &credentials::SigningKeyRow) -> Value {
-    json!({
-        "kid": row.kid,
-        "public_key": row.public_key,
-        "created_at": timestamp(row.created_at),
-        "retired_at": row.retired_at.map(timestamp),
-        "active": row.retired_at.is_none(),
-    })
+fn key_view(row: &credentials::SigningKeyRow) -> SigningKey {
+    SigningKey {
+        kid: row.kid.clone(),
+        public_key: row.public_key.clone(),
+        created_at: timestamp(row.created_at),
+        retired_at: row.retired_at.map(timestamp),
+        active: row.retired_at.is_none(),
+    }
 }
 
 /// The public half of every key edges accept (admin).
-pub async fn list_keys(State(app): State<App>, _: Admin) -> ApiResult<Json<Vec<Value>>> {
+#[utoipa::path(
+    get,
+    operation_id = "tokens_list_keys",
+    path = "/v1/signing-keys",
+    tag = "preview-tokens",
+    summary = "List the keys edges accept preview tokens from",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The keys", body = [SigningKey]),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn list_keys(State(app): State<App>, _: Admin) -> ApiResult<Json<Vec<SigningKey>>> {
     let mut conn = app.pool.acquire().await?;
     Ok(Json(credentials::verify_keys(&mut conn).await?.iter().map(key_view).collect()))
 }
 
 /// Starts signing with a new key; tokens signed with the old one keep working until they expire (admin).
+#[utoipa::path(
+    post,
+    operation_id = "tokens_rotate_key",
+    path = "/v1/signing-keys/rotate",
+    tag = "preview-tokens",
+    summary = "Start signing with a new key",
+    security(("admin_key" = [])),
+    responses(
+        (status = 201, description = "The new key", body = SigningKey),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn rotate_key(State(app): State<App>, _: Admin) -> ApiResult<Response> {
     let mut write = Write::begin(&app.pool).await?;
     let row = credentials::add_key(&mut write).await?;

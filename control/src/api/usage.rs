@@ -4,22 +4,48 @@
 use axum::extract::State;
 use axum::Json;
 use portico_wire::usage::{UsageBatch, UsageSubject};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::{BadRequest, Forbidden, Internal, InvalidField, PayloadTooLarge, Unauthorized};
 use super::ApiQuery;
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::{enum_text, now_ms};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::App;
 
+/// The acknowledgement of a usage batch.
+#[derive(Serialize, ToSchema)]
+pub struct UsageAck {
+    /// Whether this `(edge_id, seq)` had been counted already (and was not counted again).
+    duplicate: bool,
+}
+
 /// Applies a batch once: its `(edge_id, seq)` is recorded in the same transaction as its counts, so a
 /// batch resent after a lost answer is acknowledged without being counted again.
+#[utoipa::path(
+    post,
+    operation_id = "edge_usage_ingest",
+    path = "/v1/edge/usage",
+    tag = "edge",
+    summary = "Report a batch of usage counts (idempotent by edge_id and seq)",
+    security(("edge_token" = [])),
+    request_body = UsageBatch,
+    responses(
+        (status = 200, description = "Acknowledged", body = UsageAck),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn ingest(
     State(app): State<App>,
     _: EdgeKey,
     ApiJson(batch): ApiJson<UsageBatch>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<UsageAck>> {
     if batch.edge_id.is_empty() || batch.edge_id.len() > 64 {
         return Err(ApiError::invalid("edge_id", "must be 1 to 64 characters"));
     }
@@ -35,7 +61,7 @@ pub async fn ingest(
     .await?;
     if fresh.rows_affected() == 0 {
         tx.rollback().await?;
-        return Ok(Json(json!({ "duplicate": true })));
+        return Ok(Json(UsageAck { duplicate: true }));
     }
     for e in &batch.entries {
         let external_user_id: Option<String> = match e.subject {
@@ -65,16 +91,32 @@ pub async fn ingest(
         .await?;
     }
     tx.commit().await?;
-    Ok(Json(json!({ "duplicate": false })))
+    Ok(Json(UsageAck { duplicate: false }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// `external_user_id`, `sandbox` or `deployment`.
     group_by: String,
+    /// RFC 3339 or unix seconds: counts from this minute on.
     #[serde(default)]
     from: Option<String>,
+    /// RFC 3339 or unix seconds: counts before this minute.
     #[serde(default)]
     to: Option<String>,
+}
+
+/// The totals of one group. The group's key is named after `group_by`: exactly one of `external_user_id`
+/// (`null` for sandboxes without one), `sandbox_id` or `deployment_id` is present.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the rows `show` builds: their key's name depends on the query.
+pub struct UsageTotal {
+    external_user_id: Option<Option<String>>,
+    sandbox_id: Option<String>,
+    deployment_id: Option<String>,
+    requests: i64,
+    bytes_out: i64,
 }
 
 /// RFC 3339 or unix seconds, as unix milliseconds.
@@ -89,6 +131,22 @@ fn instant(field: &str, text: &str) -> ApiResult<i64> {
 
 /// Totals from the counts edges sent, per group. Counts are kept per minute: `from` and `to` select the
 /// minutes that start in `[from, to)`.
+#[utoipa::path(
+    get,
+    operation_id = "usage_show",
+    path = "/v1/usage",
+    tag = "usage",
+    summary = "Request and byte totals per user, sandbox or deployment",
+    security(("tenant_key" = [])),
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "One row per group", body = [UsageTotal]),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn show(
     State(app): State<App>,
     key: TenantKey,

@@ -9,8 +9,13 @@ use axum::Json;
 use portico_wire::{SandboxState, WakePolicy};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
-use super::sandboxes::{load_owned, view};
+use super::doc::{
+    BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized, WakeConflict,
+    WakeFailed, WakeTimeout,
+};
+use super::sandboxes::{load_owned, view, SandboxView};
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::{self, enum_text, now_ms};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
@@ -44,6 +49,25 @@ fn wake_error(e: &WakeError) -> Response {
 /// Wakes the sandbox and answers with it once running (`200`, the sandbox as `GET` shows it), or with
 /// `wake_failed` (502) / `wake_timeout` (504) once it is `hibernated` again. A running sandbox answers at
 /// once, without calling the orchestrator.
+#[utoipa::path(
+    post,
+    operation_id = "sandboxes_wake",
+    path = "/v1/sandboxes/{id}/wake",
+    tag = "sandboxes",
+    summary = "Wake a sandbox and wait until it runs",
+    security(("tenant_key" = []), ("edge_token" = [])),
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 200, description = "The sandbox, running", body = SandboxView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = WakeConflict),
+        (status = 500, response = Internal),
+        (status = 502, response = WakeFailed),
+        (status = 504, response = WakeTimeout),
+    )
+)]
 pub async fn wake(State(app): State<App>, caller: Caller, PathId(id): PathId) -> ApiResult<Response> {
     let row = {
         let mut conn = app.pool.acquire().await?;
@@ -71,13 +95,13 @@ pub async fn wake(State(app): State<App>, caller: Caller, PathId(id): PathId) ->
     Ok(Json(view(&row)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityReport {
     sandboxes: Vec<SandboxActivity>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxActivity {
     id: String,
@@ -87,6 +111,23 @@ pub struct SandboxActivity {
 
 /// Moves each sandbox's `last_request_at` forward (never back, never past now). Not a feed change: edges
 /// do not route by it.
+#[utoipa::path(
+    post,
+    operation_id = "edge_activity",
+    path = "/v1/edge/activity",
+    tag = "edge",
+    summary = "Report when sandboxes last served a request",
+    security(("edge_token" = [])),
+    request_body = ActivityReport,
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 422, response = InvalidField),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn activity(
     State(app): State<App>,
     _: EdgeKey,
