@@ -395,7 +395,8 @@ async fn tenants_without_limits_of_their_own_follow_the_platform_defaults() {
     let (passed, _) = until_limited(&client, &url, 20).await;
     assert!(passed <= 3, "the default burst of 3 applies, {passed} passed");
 
-    // A tenant's own policy replaces the default.
+    // A tenant's own policy replaces the default, once the edge has it.
+    let before = edge.config_version().await;
     set_limits(
         &tenant,
         json!({
@@ -405,8 +406,12 @@ async fn tenants_without_limits_of_their_own_follow_the_platform_defaults() {
         }),
     )
     .await;
+    let edge_ref = &edge;
+    common::wait_until("the edge to apply the tenant's policy", Duration::from_secs(5), || async move {
+        edge_ref.config_version().await > before
+    })
+    .await;
     let other = client_from(&edge, "127.0.1.201");
-    until_status(&other, &url, 200, Duration::from_secs(2)).await;
     for _ in 0..10 {
         assert_eq!(get(&other, &url).await.0, 200);
     }
