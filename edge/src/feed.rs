@@ -93,6 +93,7 @@ impl BackgroundService for FeedClient {
         let mut which = 0usize;
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
+        let mut failed_in_row = 0usize;
         loop {
             let url = &self.control_urls[which % self.control_urls.len()];
             let result = tokio::select! {
@@ -105,6 +106,7 @@ impl BackgroundService for FeedClient {
                         tracing::info!(control = %url, version = self.state.load().version, "control reachable again");
                     }
                     failing = false;
+                    failed_in_row = 0;
                     backoff = Duration::from_millis(100);
                     saved_tx.send_replace(self.state.load().version);
                 }
@@ -114,6 +116,13 @@ impl BackgroundService for FeedClient {
                     }
                     failing = true;
                     which += 1;
+                    failed_in_row += 1;
+                    // Another control replica at once; back off only after every URL failed in turn.
+                    if !failed_in_row.is_multiple_of(self.control_urls.len()) {
+                        let next = &self.control_urls[which % self.control_urls.len()];
+                        tracing::info!(error = %e, next = %next, "trying the next control URL");
+                        continue;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => return,
