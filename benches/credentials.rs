@@ -12,7 +12,9 @@ use portico_edge::lookup::Lookup;
 use portico_edge::route::resolve;
 use portico_edge::state::Snapshot;
 use portico_wire::tokens::{self, PreviewClaims, SCOPE_READ};
-use portico_wire::{self as wire, Preview, Sandbox, SandboxState, Settings, Share, Tenant, Visibility, WakePolicy};
+use portico_wire::{
+    self as wire, Preview, Sandbox, SandboxState, Settings, Share, Tenant, Visibility, WakePolicy,
+};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
@@ -21,7 +23,7 @@ fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
         settings: Settings {
             host_templates: wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
-        default_rate_limits: Default::default(),
+            default_rate_limits: Default::default(),
         },
         tenants: vec![Tenant {
             id: "tn_a".into(),
@@ -48,8 +50,13 @@ fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
             port: 3000,
             visibility: Visibility::Private,
         }],
-        verify_keys: vec![wire::VerifyKey { kid: "k1".into(), public_key: tokens::b64(key.public_key().as_ref()) }],
-        revocations: (0..10_000).map(|i| wire::Revocation { jti: format!("revoked{i}"), expires_at: u64::MAX }).collect(),
+        verify_keys: vec![wire::VerifyKey {
+            kid: "k1".into(),
+            public_key: tokens::b64(key.public_key().as_ref()),
+        }],
+        revocations: (0..10_000)
+            .map(|i| wire::Revocation { jti: format!("revoked{i}"), expires_at: u64::MAX })
+            .collect(),
         shares: vec![Share {
             id: "sh_a".into(),
             tenant_id: "tn_a".into(),

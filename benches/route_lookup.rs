@@ -52,7 +52,7 @@ fn wire_snapshot() -> wire::Snapshot {
         settings: Settings {
             host_templates: wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
-        default_rate_limits: Default::default(),
+            default_rate_limits: Default::default(),
         },
         tenants,
         sandboxes,

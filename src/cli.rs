@@ -107,7 +107,8 @@ impl LimitArgs {
 fn parse_rate(s: &str) -> Result<Rate, String> {
     let bad = || format!("{s:?}: expected RPS/BURST, two whole numbers from 1 to 1000000, e.g. 100/400");
     let (rps, burst) = s.split_once('/').ok_or_else(bad)?;
-    let (rps, burst) = (rps.trim().parse::<u32>().map_err(|_| bad())?, burst.trim().parse::<u32>().map_err(|_| bad())?);
+    let (rps, burst) =
+        (rps.trim().parse::<u32>().map_err(|_| bad())?, burst.trim().parse::<u32>().map_err(|_| bad())?);
     if !(1..=1_000_000).contains(&rps) || !(1..=1_000_000).contains(&burst) {
         return Err(bad());
     }

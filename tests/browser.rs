@@ -84,9 +84,12 @@ async fn parent_site() -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let app = Router::new().fallback(page);
-    (port, tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    }))
+    (
+        port,
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+    )
 }
 
 struct Up {
@@ -168,7 +171,12 @@ async fn an_embedded_private_preview_works_in_a_real_browser() {
     let sb = tenant.sandbox(json!({"address": fake.addr.ip().to_string()})).await;
     let id = sb["id"].as_str().unwrap();
     let mint = |ttl: u64| {
-        tenant.ok("POST", "/v1/preview-tokens", Some(json!({"sandbox_id": id, "port": fake.port(), "ttl_seconds": ttl})), 201)
+        tenant.ok(
+            "POST",
+            "/v1/preview-tokens",
+            Some(json!({"sandbox_id": id, "port": fake.port(), "ttl_seconds": ttl})),
+            201,
+        )
     };
     let minted: Value = mint(600).await;
     let embed = minted["embed_url"].as_str().unwrap().replace(":8080", &format!(":{}", up.http));
@@ -210,7 +218,9 @@ async fn an_embedded_private_preview_works_in_a_real_browser() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let message = loop {
         let messages = c.execute("return window.__messages", vec![]).await.expect("messages");
-        if let Some(m) = messages.as_array().and_then(|a| a.iter().find(|m| m["type"] == "portico:preview:expired")) {
+        if let Some(m) =
+            messages.as_array().and_then(|a| a.iter().find(|m| m["type"] == "portico:preview:expired"))
+        {
             break m.clone();
         }
         assert!(Instant::now() < deadline, "no expiry message reached the parent: {messages}");
@@ -223,12 +233,16 @@ async fn an_embedded_private_preview_works_in_a_real_browser() {
     let dir = screenshots_dir();
     let host = |port: u16| format!("http://{port}-{id}.sandbox.localhost:{}/", up.http);
     let closed = free_port();
-    let public = tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let public =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (name, url) in [
         ("401-token-required", host(fake.port())),
         ("404-not-found", format!("http://nosuch01.preview.localhost:{}/", up.http)),
-        ("502-upstream-unreachable", format!("http://{closed}-{}.sandbox.localhost:{}/", public["id"].as_str().unwrap(), up.http)),
+        (
+            "502-upstream-unreachable",
+            format!("http://{closed}-{}.sandbox.localhost:{}/", public["id"].as_str().unwrap(), up.http),
+        ),
     ] {
         c.goto(&url).await.expect("error page loads");
         let body = c.find(Locator::Css("body")).await.expect("body").text().await.expect("text");

@@ -26,8 +26,9 @@ impl Private {
         let stack = Stack::start().await;
         let tenant = stack.admin.tenant("acme").await;
         let fake = FakeSandbox::start(sandbox_ip(), 0).await;
-        let sb =
-            tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "preview_auth": {"token": "auto"}})).await;
+        let sb = tenant
+            .sandbox(json!({"address": fake.addr.ip().to_string(), "preview_auth": {"token": "auto"}}))
+            .await;
         stack.synced().await;
         Private {
             id: sb["id"].as_str().unwrap().to_string(),
@@ -62,7 +63,12 @@ impl Private {
     async fn preview(&self) -> Value {
         let p = self
             .tenant
-            .ok("POST", &format!("/v1/sandboxes/{}/previews", self.id), Some(json!({"port": self.fake.port()})), 201)
+            .ok(
+                "POST",
+                &format!("/v1/sandboxes/{}/previews", self.id),
+                Some(json!({"port": self.fake.port()})),
+                201,
+            )
             .await;
         self.stack.synced().await;
         p
@@ -70,7 +76,8 @@ impl Private {
 }
 
 fn code(resp: &reqwest::Response) -> (u16, String) {
-    let code = resp.headers().get("x-edge-error").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let code =
+        resp.headers().get("x-edge-error").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (resp.status().as_u16(), code)
 }
 
@@ -150,7 +157,8 @@ async fn mint_validates_ttl_and_scopes() {
 #[tokio::test]
 async fn expired_token_is_token_expired_and_tells_the_parent_page() {
     let p = Private::start().await;
-    let token = p.mint(json!({"sandbox_id": p.id, "ttl_seconds": 1})).await["token"].as_str().unwrap().to_string();
+    let token =
+        p.mint(json!({"sandbox_id": p.id, "ttl_seconds": 1})).await["token"].as_str().unwrap().to_string();
     assert_eq!(p.get("/", &[("x-portico-preview-token", &token)]).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let resp = p.get(&format!("/?token={token}"), &[("sec-fetch-mode", "navigate")]).await;
@@ -166,7 +174,9 @@ async fn revoked_preview_token_is_refused_within_1s() {
     let minted = p.mint(json!({"sandbox_id": p.id})).await;
     let token = minted["token"].as_str().unwrap();
     assert_eq!(p.get("/", &[("x-portico-preview-token", token)]).await.status(), 200);
-    p.tenant.ok("DELETE", &format!("/v1/preview-tokens/{}", minted["jti"].as_str().unwrap()), None, 204).await;
+    p.tenant
+        .ok("DELETE", &format!("/v1/preview-tokens/{}", minted["jti"].as_str().unwrap()), None, 204)
+        .await;
     let start = Instant::now();
     while p.get("/", &[("x-portico-preview-token", token)]).await.status() == 200 {
         assert!(start.elapsed() < Duration::from_secs(1), "revocation not in force within 1 s");
@@ -193,7 +203,10 @@ async fn tokens_signed_before_a_key_rotation_keep_working() {
 async fn share_link_works_on_its_first_request_and_stops_within_1s_of_revocation() {
     let p = Private::start().await;
     let preview = p.preview().await;
-    let share = p.tenant.ok("POST", &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()), Some(json!({})), 201).await;
+    let share = p
+        .tenant
+        .ok("POST", &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()), Some(json!({})), 201)
+        .await;
     let token = share["token"].as_str().unwrap();
     assert!(token.starts_with("ms_"));
     assert_eq!(share["token_prefix"].as_str().unwrap(), &token[..12]);
@@ -215,8 +228,15 @@ async fn share_link_works_on_its_first_request_and_stops_within_1s_of_revocation
 async fn expired_share_is_token_expired() {
     let p = Private::start().await;
     let preview = p.preview().await;
-    let share =
-        p.tenant.ok("POST", &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()), Some(json!({"ttl_seconds": 1})), 201).await;
+    let share = p
+        .tenant
+        .ok(
+            "POST",
+            &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()),
+            Some(json!({"ttl_seconds": 1})),
+            201,
+        )
+        .await;
     let token = share["token"].as_str().unwrap();
     assert_eq!(p.get("/", &[("x-portico-preview-token", token)]).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -229,7 +249,12 @@ async fn password_share_asks_for_its_password_then_sets_the_session() {
     let preview = p.preview().await;
     let share = p
         .tenant
-        .ok("POST", &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()), Some(json!({"password": "open sesame"})), 201)
+        .ok(
+            "POST",
+            &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()),
+            Some(json!({"password": "open sesame"})),
+            201,
+        )
         .await;
     let token = share["token"].as_str().unwrap();
     p.stack.synced().await;
@@ -240,7 +265,8 @@ async fn password_share_asks_for_its_password_then_sets_the_session() {
     let resp = p.get(&path, &[("sec-fetch-mode", "navigate")]).await;
     assert_eq!(code(&resp), (401, "password_required".into()));
     let form = resp.text().await.unwrap();
-    let csrf = form.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf field");
+    let csrf =
+        form.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("csrf field");
     assert!(form.contains("type=\"password\""));
 
     let post = |password: &str, csrf: &str| {
@@ -276,7 +302,10 @@ async fn password_share_asks_for_its_password_then_sets_the_session() {
     p.tenant.ok("DELETE", &format!("/v1/shares/{}", share["id"].as_str().unwrap()), None, 204).await;
     let start = Instant::now();
     while p.get("/page", &[("cookie", session)]).await.status() == 200 {
-        assert!(start.elapsed() < Duration::from_secs(1), "revoking the share did not end its sessions within 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revoking the share did not end its sessions within 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -285,9 +314,14 @@ async fn password_share_asks_for_its_password_then_sets_the_session() {
 async fn rotated_sandbox_token_stops_working_within_1s() {
     let p = Private::start().await;
     assert_eq!(p.get("/", &[("x-portico-preview-token", &p.sandbox_token)]).await.status(), 200);
-    let rotated = p.tenant.ok("POST", &format!("/v1/sandboxes/{}/preview-auth/rotate", p.id), None, 200).await;
+    let rotated =
+        p.tenant.ok("POST", &format!("/v1/sandboxes/{}/preview-auth/rotate", p.id), None, 200).await;
     let new = rotated["preview_auth_token"].as_str().unwrap();
-    assert_eq!(p.get("/", &[("x-portico-preview-token", new)]).await.status(), 200, "the new token works at once");
+    assert_eq!(
+        p.get("/", &[("x-portico-preview-token", new)]).await.status(),
+        200,
+        "the new token works at once"
+    );
     let start = Instant::now();
     while p.get("/", &[("x-portico-preview-token", &p.sandbox_token)]).await.status() == 200 {
         assert!(start.elapsed() < Duration::from_secs(1), "rotation not in force within 1 s");
@@ -298,10 +332,13 @@ async fn rotated_sandbox_token_stops_working_within_1s() {
 #[tokio::test]
 async fn another_sandboxes_token_does_not_open_this_one() {
     let p = Private::start().await;
-    let other =
-        p.tenant.sandbox(json!({"address": p.fake.addr.ip().to_string(), "preview_auth": {"token": "auto"}})).await;
+    let other = p
+        .tenant
+        .sandbox(json!({"address": p.fake.addr.ip().to_string(), "preview_auth": {"token": "auto"}}))
+        .await;
     p.stack.synced().await;
-    let resp = p.get("/", &[("x-portico-preview-token", other["preview_auth_token"].as_str().unwrap())]).await;
+    let resp =
+        p.get("/", &[("x-portico-preview-token", other["preview_auth_token"].as_str().unwrap())]).await;
     assert_eq!(code(&resp), (401, "token_invalid".into()));
 }
 
@@ -317,8 +354,13 @@ async fn websocket_upgrades_authenticate_like_any_request() {
     let (mut ws, _) = connect(format!("/ws?token={token}")).await.expect("upgrade with a token");
     assert!(ws.next().await.expect("message").is_ok());
     match connect("/ws".into()).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401, "never a redirect"),
-        other => panic!("an upgrade without a credential must be refused, got {:?}", other.map(|(_, r)| r.status())),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401, "never a redirect")
+        }
+        other => panic!(
+            "an upgrade without a credential must be refused, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
 }
 
@@ -338,7 +380,9 @@ async fn cors_preflight_needs_the_sandbox_to_allow_it_and_never_wakes() {
     assert_eq!(code(&resp), (401, "token_required".into()));
 
     // A sandbox that allows preflights gets them forwarded, still with no credential.
-    p.tenant.ok("PATCH", &format!("/v1/sandboxes/{}", p.id), Some(json!({"allow_preflight": true})), 200).await;
+    p.tenant
+        .ok("PATCH", &format!("/v1/sandboxes/{}", p.id), Some(json!({"allow_preflight": true})), 200)
+        .await;
     p.stack.synced().await;
     let preflight = || {
         p.stack
@@ -389,7 +433,12 @@ async fn a_flood_of_random_tokens_makes_a_bounded_number_of_lookups() {
             let (client, url) = (client.clone(), url.clone());
             async move {
                 let token = format!("ms_random{i:08}{}", "x".repeat(30));
-                client.get(&url).header("x-portico-preview-token", token).send().await.map(|r| r.status().as_u16())
+                client
+                    .get(&url)
+                    .header("x-portico-preview-token", token)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
             }
         })
         .buffer_unordered(32)
@@ -397,7 +446,8 @@ async fn a_flood_of_random_tokens_makes_a_bounded_number_of_lookups() {
         .count()
         .await;
     let secs = start.elapsed().as_secs_f64();
-    let sent = p.stack.edge.metric("portico_credential_lookups_sent_total").await.unwrap_or(0.0) - sent_before;
+    let sent =
+        p.stack.edge.metric("portico_credential_lookups_sent_total").await.unwrap_or(0.0) - sent_before;
     println!("flood: {total} random share tokens in {secs:.1} s, all refused: {refused}; look-ups sent to control: {sent}");
     assert_eq!(refused, total);
     // The budget is 50 a second (plus one second's worth at the start).

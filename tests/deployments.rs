@@ -283,7 +283,8 @@ async fn custom_domains_route_and_cannot_be_claimed_twice() {
     let shown = acme.ok("GET", &format!("/v1/deployments/{id}"), None, 200).await;
     assert_eq!(shown["domains"][0]["certificate"]["state"], "issued", "{shown}");
     assert!(shown["domains"][0]["certificate"]["expires_at"].is_string(), "{shown}");
-    let metrics = reqwest::get(format!("{}/metrics", acme.url)).await.expect("metrics").text().await.expect("text");
+    let metrics =
+        reqwest::get(format!("{}/metrics", acme.url)).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("portico_certificates{state=\"uploaded\"} 1"), "{metrics}");
     assert!(metrics.contains("portico_certificate_soonest_expiry_seconds "), "{metrics}");
 

@@ -20,8 +20,10 @@ async fn an_edge_upgrade_takes_over_the_sockets_without_refusing_a_connection() 
     let mut stack = Stack::start().await;
     let tenant = stack.admin.tenant("acme").await;
     let fake = FakeSandbox::start(sandbox_ip(), 0).await;
-    let sb = tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
-    let url = stack.edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
+    let sb =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let url =
+        stack.edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
     until_status(&stack.edge.client(), &url, 200, Duration::from_secs(2)).await;
 
     // 200 requests, each on a new connection, spread over the switch.
@@ -88,7 +90,8 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.args(args).arg("--check").stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect("runs");
+    let out =
+        cmd.args(args).arg("--check").stdout(Stdio::piped()).stderr(Stdio::piped()).output().expect("runs");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -101,7 +104,8 @@ async fn edge_check_reaches_control_and_fails_clearly_when_it_cannot() {
     let dead = format!("http://127.0.0.1:{}", common::free_port());
     let (ok, text) = check(&["edge", "--control-url", &dead], &[]);
     assert!(!ok && text.contains(&dead), "{text}");
-    let (ok, text) = check(&["edge", "--control-url", &stack.control.url], &[("PORTICO_EDGE_TOKEN", "wrong-token")]);
+    let (ok, text) =
+        check(&["edge", "--control-url", &stack.control.url], &[("PORTICO_EDGE_TOKEN", "wrong-token")]);
     assert!(!ok && text.contains("edge token"), "{text}");
     assert_ne!(EDGE_TOKEN, "wrong-token");
 }
@@ -150,9 +154,11 @@ async fn control_logs_each_mutation_with_its_actor_and_never_a_key() {
     let mutation = |path: &str| {
         lines.iter().find(|l| l["fields"]["path"] == path && l["fields"]["method"] == "POST").cloned()
     };
-    let created = mutation("/v1/tenants").unwrap_or_else(|| panic!("no log line for POST /v1/tenants in {text}"));
+    let created =
+        mutation("/v1/tenants").unwrap_or_else(|| panic!("no log line for POST /v1/tenants in {text}"));
     assert_eq!(created["fields"]["actor"], "admin");
-    let sandbox = mutation("/v1/sandboxes").unwrap_or_else(|| panic!("no log line for POST /v1/sandboxes in {text}"));
+    let sandbox =
+        mutation("/v1/sandboxes").unwrap_or_else(|| panic!("no log line for POST /v1/sandboxes in {text}"));
     assert_eq!(sandbox["fields"]["actor"], tenant_id.as_str());
     assert!(!text.contains(&tenant.key) && !text.contains(common::ADMIN_KEY), "a key reached the log");
 }

@@ -388,7 +388,8 @@ async fn tenants_without_limits_of_their_own_follow_the_platform_defaults() {
     assert_eq!(shown["rate_limits"]["auth_failures_per_ip"], json!({"per_minute": 7}));
 
     let fake = FakeSandbox::start(sandbox_ip(), 0).await;
-    let sb = tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let sb =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
     let url = edge.url(&format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap()), "/");
     let client = client_from(&edge, "127.0.1.200");
     until_status(&client, &url, 200, Duration::from_secs(2)).await;

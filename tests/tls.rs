@@ -620,7 +620,13 @@ async fn a_failed_challenge_shows_failed_with_the_reason() {
     let reason = last["reason"].as_str().unwrap_or("");
     assert!(reason.contains("acme-challenge") && reason.contains("connection refused"), "{last}");
     // Control's metrics count it by state, never by host.
-    let metrics = reqwest::get(format!("{}/metrics", tenant.url)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.lines().any(|l| l.starts_with("portico_certificates{state=\"failed\"}") && !l.ends_with(" 0")), "{metrics}");
+    let metrics =
+        reqwest::get(format!("{}/metrics", tenant.url)).await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portico_certificates{state=\"failed\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     assert!(!metrics.contains("broken.test"), "{metrics}");
 }

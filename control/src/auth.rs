@@ -4,11 +4,11 @@
 use std::cell::RefCell;
 
 use axum::extract::{FromRequestParts, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 
 use crate::error::ApiError;
 use crate::keys::{matches_hash, sha256_hex};

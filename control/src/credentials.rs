@@ -58,8 +58,9 @@ pub async fn verify_key(conn: &mut AnyConnection, kid: &str) -> ApiResult<Option
 
 /// The key new tokens are signed with: the newest one not retired.
 pub async fn active_key(pool: &AnyPool) -> ApiResult<SigningKeyRow> {
-    let sql =
-        format!("SELECT {KEY_COLUMNS} FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1");
+    let sql = format!(
+        "SELECT {KEY_COLUMNS} FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1"
+    );
     sqlx::query_as(&sql)
         .fetch_optional(pool)
         .await?
@@ -70,7 +71,8 @@ pub async fn active_key(pool: &AnyPool) -> ApiResult<SigningKeyRow> {
 /// they signed until those have expired.
 pub async fn add_key(write: &mut Write) -> ApiResult<SigningKeyRow> {
     let rng = ring::rand::SystemRandom::new();
-    let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| ApiError::Internal("key generation failed".into()))?;
+    let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| ApiError::Internal("key generation failed".into()))?;
     let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
         .map_err(|_| ApiError::Internal("generated key does not parse".into()))?;
     let now = now_ms();
@@ -99,9 +101,10 @@ pub async fn add_key(write: &mut Write) -> ApiResult<SigningKeyRow> {
 /// Makes sure a signing key exists, at start.
 pub async fn ensure_key(pool: &AnyPool, notify: &watch::Sender<u64>) -> ApiResult<()> {
     let mut write = Write::begin(pool).await?;
-    let active: Option<String> = sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
-        .fetch_optional(write.conn())
-        .await?;
+    let active: Option<String> =
+        sqlx::query_scalar("SELECT kid FROM signing_keys WHERE retired_at IS NULL LIMIT 1")
+            .fetch_optional(write.conn())
+            .await?;
     if active.is_some() {
         write.tx.rollback().await?;
         return Ok(());
@@ -252,7 +255,14 @@ mod tests {
 
     #[test]
     fn malformed_stored_hashes_never_match() {
-        for bad in ["", "pbkdf2-sha256$", "pbkdf2-sha256$0$AA$AA", "md5$1$AA$AA", "pbkdf2-sha256$x$AA$AA", "a$b$c$d$e"] {
+        for bad in [
+            "",
+            "pbkdf2-sha256$",
+            "pbkdf2-sha256$0$AA$AA",
+            "md5$1$AA$AA",
+            "pbkdf2-sha256$x$AA$AA",
+            "a$b$c$d$e",
+        ] {
             assert!(!verify_password("x", bad), "{bad}");
         }
     }

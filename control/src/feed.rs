@@ -113,13 +113,11 @@ pub async fn answer(pool: &AnyPool, since: u64) -> ApiResult<Option<FeedMessage>
 }
 
 async fn snapshot(conn: &mut AnyConnection, version: i64) -> ApiResult<Snapshot> {
-    let settings = db::settings(conn)
-        .await?
-        .unwrap_or(Settings {
-            host_templates: Vec::new(),
-            default_frame_ancestors: Vec::new(),
-            default_rate_limits: Default::default(),
-        });
+    let settings = db::settings(conn).await?.unwrap_or(Settings {
+        host_templates: Vec::new(),
+        default_frame_ancestors: Vec::new(),
+        default_rate_limits: Default::default(),
+    });
     let tenants: Vec<TenantRow> =
         sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id"))
             .fetch_all(&mut *conn)

@@ -50,7 +50,10 @@ impl Activity {
         let seen = self.seen.pin();
         match seen.get(sandbox) {
             Some(s) => s.last_ms.fetch_max(now, Ordering::Relaxed),
-            None => seen.get_or_insert_with(sandbox.into(), Arc::default).last_ms.fetch_max(now, Ordering::Relaxed),
+            None => seen
+                .get_or_insert_with(sandbox.into(), Arc::default)
+                .last_ms
+                .fetch_max(now, Ordering::Relaxed),
         };
     }
 

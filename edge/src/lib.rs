@@ -136,7 +136,8 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         (false, _) => None,
         (true, None) => return Err(StartError::RedirectWithoutHttps),
         (true, Some(addr)) => {
-            let port = addr.parse::<std::net::SocketAddr>().map_err(|_| StartError::HttpsAddr(addr.clone()))?.port();
+            let port =
+                addr.parse::<std::net::SocketAddr>().map_err(|_| StartError::HttpsAddr(addr.clone()))?.port();
             Some(Arc::new(tls::HttpsRedirect { resolver: resolver.clone(), port }))
         }
     };
@@ -146,8 +147,11 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         Some(dir) => dir.join("releases"),
         None => std::env::temp_dir().join(format!("portico-releases-{}", std::process::id())),
     };
-    let releases =
-        Arc::new(statics::Releases::new(releases_dir, config.control_urls.clone(), config.edge_token.clone())?);
+    let releases = Arc::new(statics::Releases::new(
+        releases_dir,
+        config.control_urls.clone(),
+        config.edge_token.clone(),
+    )?);
     let usage = Arc::new(usage::Usage::default());
     // One pipeline for both listeners: limits, credentials and wakes are shared; only the scheme differs.
     let edge = |scheme: &'static str, https_redirect: Option<Arc<tls::HttpsRedirect>>| proxy::Edge {
@@ -164,14 +168,20 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         releases: releases.clone(),
         usage: usage.clone(),
     };
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, edge("http", https_redirect), "portico edge");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        edge("http", https_redirect),
+        "portico edge",
+    );
     proxy.add_tcp(&config.http);
     server.add_service(proxy);
 
     if let Some(addr) = &config.https {
-        let mut https =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, edge("https", None), "portico edge https");
+        let mut https = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            edge("https", None),
+            "portico edge https",
+        );
         https.add_tls_with_settings(addr, None, tls::settings(resolver.clone()).map_err(StartError::Tls)?);
         server.add_service(https);
         let watcher = tls::CertWatcher::new(state.clone(), resolver, config.certs_dir.clone());
@@ -225,7 +235,9 @@ pub async fn check(config: &EdgeConfig) -> Result<String, StartError> {
                 reachable += 1;
                 report.push(format!("{url}: ok"));
             }
-            Ok(r) if r.status() == 401 => report.push(format!("{url}: refused the edge token (PORTICO_EDGE_TOKEN)")),
+            Ok(r) if r.status() == 401 => {
+                report.push(format!("{url}: refused the edge token (PORTICO_EDGE_TOKEN)"))
+            }
             Ok(r) => report.push(format!("{url}: answered {}", r.status())),
             Err(e) => report.push(format!("{url}: unreachable ({e})")),
         }

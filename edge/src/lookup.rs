@@ -101,7 +101,11 @@ impl Lookup {
             match resp {
                 Ok(r) if r.status() == 404 => return Ok(None),
                 Ok(r) if r.status().is_success() => {
-                    return r.json().await.map(|v| Some(Arc::new(v))).map_err(|e| LookupError::Control(e.to_string()));
+                    return r
+                        .json()
+                        .await
+                        .map(|v| Some(Arc::new(v)))
+                        .map_err(|e| LookupError::Control(e.to_string()));
                 }
                 Ok(r) => last = format!("{url} answered {}", r.status()),
                 Err(e) => last = e.to_string(),

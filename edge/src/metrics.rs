@@ -47,8 +47,11 @@ pub static CREDENTIAL_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 #[allow(clippy::expect_used)]
 pub static CREDENTIAL_LOOKUPS_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("portico_credential_lookups_sent_total", "Credential look-up requests sent to control")
-        .expect("register portico_credential_lookups_sent_total")
+    register_int_counter!(
+        "portico_credential_lookups_sent_total",
+        "Credential look-up requests sent to control"
+    )
+    .expect("register portico_credential_lookups_sent_total")
 });
 
 #[allow(clippy::expect_used)]

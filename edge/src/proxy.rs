@@ -22,10 +22,10 @@ use crate::metrics;
 use crate::pages::{self, PageContext};
 use crate::ratelimit::Limiter;
 use crate::route::{self, Route, Target};
-use crate::statics::Releases;
-use crate::usage::Usage;
 use crate::state::{EdgeState, Snapshot};
+use crate::statics::Releases;
 use crate::tls::HttpsRedirect;
+use crate::usage::Usage;
 use crate::wake::{self, Waker};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,7 +84,8 @@ impl Edge {
             session.write_response_body(Some(body), true).await?;
             return Ok(true);
         }
-        let redirect = self.https_redirect.as_ref().zip(request_host(req)).and_then(|(r, h)| r.redirect(h, req));
+        let redirect =
+            self.https_redirect.as_ref().zip(request_host(req)).and_then(|(r, h)| r.redirect(h, req));
         if let Some(header) = redirect {
             session.write_response_header(Box::new(header?), true).await?;
             return Ok(true);
@@ -105,7 +106,9 @@ impl Edge {
         self.limiter.admit(&route, ctx.client_ip, offered.first().map(|c| c.token.as_str()))?;
 
         // 3. Authenticate private routes; every credential refused counts toward the IP's lock-out.
-        if route.visibility == Visibility::Private && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s)) {
+        if route.visibility == Visibility::Private
+            && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s))
+        {
             let tried = offered.len();
             let grant = self.auth.authenticate(&ctx.snap, &route, offered).await;
             self.limiter.record_auth(&route, ctx.client_ip, tried, grant.as_ref().err());
@@ -121,7 +124,12 @@ impl Edge {
 
     /// A submitted share password: checked at control; when right, a session cookie and a redirect to
     /// the same page without the token.
-    async fn share_password(&self, session: &mut Session, ctx: &mut Ctx, share_id: &str) -> Result<(), EdgeError> {
+    async fn share_password(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        share_id: &str,
+    ) -> Result<(), EdgeError> {
         let again = |wrong| EdgeError::SharePassword { share_id: share_id.to_string(), wrong };
         let body = read_form(session).await.ok_or_else(|| again(true))?;
         let now = auth::now_secs();
@@ -139,10 +147,16 @@ impl Edge {
                 return Err(again(false));
             }
         }
-        let exp = ctx.snap.share_by_id(share_id).and_then(|s| s.expires_at).unwrap_or(u64::MAX).min(now + 24 * 3600);
+        let exp = ctx
+            .snap
+            .share_by_id(share_id)
+            .and_then(|s| s.expires_at)
+            .unwrap_or(u64::MAX)
+            .min(now + 24 * 3600);
         let cookie = auth::cookie_for(&self.auth.sessions.issue(share_id, exp), exp - now);
         let location = auth::location_without_credentials(session.req_header());
-        let frame_ancestors = ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
+        let frame_ancestors =
+            ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
         let write = async {
             let header = pages::redirect(&location, &cookie, &frame_ancestors)?;
             session.write_response_header(Box::new(header), true).await
@@ -157,7 +171,9 @@ impl Edge {
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, err: EdgeError) -> Result<()> {
         let tenant = ctx.route.as_ref().map(|r| r.tenant.clone());
         let csrf = match &err {
-            EdgeError::SharePassword { share_id, .. } => Some(self.auth.sessions.csrf(share_id, auth::now_secs())),
+            EdgeError::SharePassword { share_id, .. } => {
+                Some(self.auth.sessions.csrf(share_id, auth::now_secs()))
+            }
             _ => None,
         };
         let page = PageContext {
@@ -183,7 +199,17 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { snap: self.state.load(), route: None, client_ip: None, grant: None, failure: None, upstream_started: None, woken_address: None, websocket: None, attempts: deploy::Attempts::default() }
+        Ctx {
+            snap: self.state.load(),
+            route: None,
+            client_ip: None,
+            grant: None,
+            failure: None,
+            upstream_started: None,
+            woken_address: None,
+            websocket: None,
+            attempts: deploy::Attempts::default(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -195,7 +221,9 @@ impl ProxyHttp for Edge {
                 // 5. A static release is answered here, by the edge itself.
                 if let Some(route) = ctx.route.clone() {
                     if let Some(release) = route.release() {
-                        if let Err(err) = self.releases.serve(session, release, &route.tenant.frame_ancestors).await {
+                        if let Err(err) =
+                            self.releases.serve(session, release, &route.tenant.frame_ancestors).await
+                        {
                             self.respond(session, ctx, err).await?;
                         }
                         return Ok(true);
@@ -278,7 +306,13 @@ impl ProxyHttp for Edge {
     }
 
     /// A deployment instance that refused the connection: an idempotent request tries one other instance.
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if matches!(ctx.route.as_ref().map(|r| &r.target), Some(Target::Deployment(_))) {
             let again = ctx.attempts.tried.len() == 1 && session.req_header().method.is_idempotent();
             e.set_retry(again);
@@ -291,7 +325,9 @@ impl ProxyHttp for Edge {
             Some(route) if e.esource() == &ErrorSource::Upstream || is_connect_error(e) => {
                 let port = route.port().or_else(|| ctx.attempts.tried.last().map(|a| a.port())).unwrap_or(0);
                 match (EdgeError::from_upstream(e, port), &route.target) {
-                    (EdgeError::UpstreamUnreachable { .. }, Target::Deployment(_)) => EdgeError::AppUnavailable,
+                    (EdgeError::UpstreamUnreachable { .. }, Target::Deployment(_)) => {
+                        EdgeError::AppUnavailable
+                    }
                     (err, _) => err,
                 }
             }

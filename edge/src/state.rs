@@ -257,8 +257,10 @@ impl Snapshot {
         let sources = tenant.frame_ancestors.as_ref().unwrap_or(&self.settings.default_frame_ancestors);
         let frame_ancestors = frame_ancestors_directive(sources);
         let rate_limits = tenant.rate_limits.unwrap_or(self.settings.default_rate_limits);
-        self.tenants
-            .insert(tenant.id.as_str().into(), Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits }));
+        self.tenants.insert(
+            tenant.id.as_str().into(),
+            Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits }),
+        );
     }
 
     fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {

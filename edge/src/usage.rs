@@ -113,7 +113,8 @@ impl Usage {
             let minutes = subject.minutes.pin();
             let mut old = Vec::new();
             for (minute, c) in minutes.iter() {
-                let (requests, bytes_out) = (c.requests.swap(0, Ordering::Relaxed), c.bytes.swap(0, Ordering::Relaxed));
+                let (requests, bytes_out) =
+                    (c.requests.swap(0, Ordering::Relaxed), c.bytes.swap(0, Ordering::Relaxed));
                 if requests > 0 || bytes_out > 0 {
                     entries.push(UsageEntry {
                         tenant_id: subject.tenant.to_string(),

@@ -10,8 +10,7 @@ pub use hosts::{
     normalize_host, HostMatch, HostTemplate, TemplateError, TemplateKind, DEFAULT_HOST_TEMPLATES,
 };
 pub use snapshot::{
-    AcmeChallenge, Certificate,
-    ActiveVersion, Deployment, HealthCheck, VersionTarget,
-    Branding, Change, CredentialLookup, FeedMessage, PerMinute, Preview, Rate, RateLimits, Sandbox, SandboxState, Settings,
-    Share, Snapshot, Tenant, Revocation, VerifyKey, Visibility, WakePolicy,
+    AcmeChallenge, ActiveVersion, Branding, Certificate, Change, CredentialLookup, Deployment, FeedMessage,
+    HealthCheck, PerMinute, Preview, Rate, RateLimits, Revocation, Sandbox, SandboxState, Settings, Share,
+    Snapshot, Tenant, VerifyKey, VersionTarget, Visibility, WakePolicy,
 };

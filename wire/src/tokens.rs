@@ -76,7 +76,9 @@ pub fn verify_preview_token<'k>(
     let claims: PreviewClaims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
     let key = public_key(&claims.kid).ok_or(TokenError::UnknownKey)?;
     let signed = &token[..PREVIEW_TOKEN_PREFIX.len() + payload_b64.len()];
-    UnparsedPublicKey::new(&ED25519, key).verify(signed.as_bytes(), &sig).map_err(|_| TokenError::BadSignature)?;
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(signed.as_bytes(), &sig)
+        .map_err(|_| TokenError::BadSignature)?;
     if now >= claims.exp {
         return Err(TokenError::Expired);
     }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use portico_wire::tokens::{self, TokenError, MAX_TOKEN_LEN, PREVIEW_TOKEN_PREFIX, SCOPE_READ, SHARE_TOKEN_PREFIX};
+use portico_wire::tokens::{
+    self, TokenError, MAX_TOKEN_LEN, PREVIEW_TOKEN_PREFIX, SCOPE_READ, SHARE_TOKEN_PREFIX,
+};
 use portico_wire::{CredentialLookup, Share};
 use subtle::ConstantTimeEq;
 
@@ -27,7 +29,12 @@ pub struct Authenticator {
 impl Authenticator {
     /// The first offered credential that opens the route, or the most telling failure: a share's password
     /// form over expired over invalid.
-    pub async fn authenticate(&self, snap: &Snapshot, route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
+    pub async fn authenticate(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        offered: Vec<Credential>,
+    ) -> Result<Grant, EdgeError> {
         let result = self.first_valid(snap, route, offered).await;
         let (kind, outcome) = match &result {
             Ok(g) => (g.kind.label(), "ok"),
@@ -37,7 +44,12 @@ impl Authenticator {
         result
     }
 
-    async fn first_valid(&self, snap: &Snapshot, route: &Route, offered: Vec<Credential>) -> Result<Grant, EdgeError> {
+    async fn first_valid(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        offered: Vec<Credential>,
+    ) -> Result<Grant, EdgeError> {
         if offered.is_empty() {
             return Err(EdgeError::TokenRequired);
         }
@@ -47,14 +59,22 @@ impl Authenticator {
             match self.check(snap, route, &credential, now).await {
                 Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs }),
                 Err(e @ EdgeError::SharePassword { .. }) => failure = e,
-                Err(e @ EdgeError::TokenExpired) if !matches!(failure, EdgeError::SharePassword { .. }) => failure = e,
+                Err(e @ EdgeError::TokenExpired) if !matches!(failure, EdgeError::SharePassword { .. }) => {
+                    failure = e
+                }
                 Err(_) => {}
             }
         }
         Err(failure)
     }
 
-    async fn check(&self, snap: &Snapshot, route: &Route, c: &Credential, now: u64) -> Result<(Kind, u64), EdgeError> {
+    async fn check(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        c: &Credential,
+        now: u64,
+    ) -> Result<(Kind, u64), EdgeError> {
         let token = c.token.as_str();
         if token.len() > MAX_TOKEN_LEN {
             return Err(EdgeError::TokenInvalid);
@@ -132,7 +152,8 @@ fn preview_token(snap: &Snapshot, route: &Route, token: &str, now: u64) -> Resul
 /// A share opens its preview's port of its sandbox until it expires; returns the seconds left.
 fn share_opens(snap: &Snapshot, route: &Route, share: &Share, now: u64) -> Result<u64, EdgeError> {
     let preview = snap.preview_by_id(&share.preview_id).ok_or(EdgeError::TokenInvalid)?;
-    let opens = route.sandbox().is_some_and(|s| preview.sandbox_id == s.id) && Some(preview.port) == route.port();
+    let opens =
+        route.sandbox().is_some_and(|s| preview.sandbox_id == s.id) && Some(preview.port) == route.port();
     if share.tenant_id != route.tenant.tenant.id || !opens {
         return Err(EdgeError::TokenInvalid);
     }

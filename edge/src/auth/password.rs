@@ -29,7 +29,8 @@ impl Sessions {
     }
 
     fn check(&self, msg: &str, mac: &str) -> bool {
-        portico_wire::tokens::b64_decode(mac).is_some_and(|m| hmac::verify(&self.key, msg.as_bytes(), &m).is_ok())
+        portico_wire::tokens::b64_decode(mac)
+            .is_some_and(|m| hmac::verify(&self.key, msg.as_bytes(), &m).is_ok())
     }
 
     /// A session value for `share_id`, valid until `exp` (unix seconds).
@@ -99,7 +100,10 @@ mod tests {
         let s = Sessions::new("edge-token");
         let csrf = s.csrf("sh_a", 1_000);
         let form = |c: &str| format!("password=open+sesame&csrf={}", c.replace('.', "%2E"));
-        assert_eq!(s.submitted_password("sh_a", form(&csrf).as_bytes(), 1_010).ok().as_deref(), Some("open sesame"));
+        assert_eq!(
+            s.submitted_password("sh_a", form(&csrf).as_bytes(), 1_010).ok().as_deref(),
+            Some("open sesame")
+        );
         assert!(s.submitted_password("sh_b", form(&csrf).as_bytes(), 1_010).is_err());
         assert!(s.submitted_password("sh_a", form(&csrf).as_bytes(), 1_000 + CSRF_TTL_SECS + 1).is_err());
         assert!(s.submitted_password("sh_a", b"password=x", 1_010).is_err());

@@ -15,7 +15,11 @@ fn transports(req: &RequestHeader) -> Vec<(Transport, String)> {
 }
 
 fn grant(transport: Transport) -> Grant {
-    Grant { kind: Kind::PreviewAuth, credential: Credential { token: TOKEN.into(), transport }, remaining_secs: 60 }
+    Grant {
+        kind: Kind::PreviewAuth,
+        credential: Credential { token: TOKEN.into(), transport },
+        remaining_secs: 60,
+    }
 }
 
 #[test]
@@ -70,7 +74,8 @@ fn strip_removes_every_credential_and_keeps_the_rest_in_order() {
     let q = format!("/p?a=1&token={TOKEN}&b=2&preview_token=x&c");
     let cookie = format!("x=1; {SESSION_COOKIE}={TOKEN}; y=2");
     let bearer = format!("Bearer {TOKEN}");
-    let mut req = request(&q, &[("x-portico-preview-token", "t"), ("cookie", &cookie), ("authorization", &bearer)]);
+    let mut req =
+        request(&q, &[("x-portico-preview-token", "t"), ("cookie", &cookie), ("authorization", &bearer)]);
     strip(&mut req, Some(&grant(Transport::Bearer))).expect("strips");
     assert_eq!(req.uri.to_string(), "/p?a=1&b=2&c");
     assert!(req.headers.get("x-portico-preview-token").is_none());

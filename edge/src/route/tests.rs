@@ -24,7 +24,7 @@ fn snap() -> Snapshot {
         settings: Settings {
             host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
-        default_rate_limits: Default::default(),
+            default_rate_limits: Default::default(),
         },
         tenants: vec![tenant("tn_a", Some("preview.acme.dev")), tenant("tn_b", None)],
         sandboxes: vec![sandbox("sbxa0001", "tn_a"), sandbox("sbxb0001", "tn_b")],
@@ -59,7 +59,10 @@ fn snap() -> Snapshot {
 #[test]
 fn sandbox_port_host_follows_the_sandbox_visibility() {
     let r = resolve(&snap(), "3000-sbxa0001.sandbox.localhost:8080").expect("routes");
-    assert_eq!((r.sandbox().expect("sandbox").id.as_str(), r.port(), r.visibility), ("sbxa0001", Some(3000), Visibility::Private));
+    assert_eq!(
+        (r.sandbox().expect("sandbox").id.as_str(), r.port(), r.visibility),
+        ("sbxa0001", Some(3000), Visibility::Private)
+    );
     assert_eq!(r.tenant.tenant.id, "tn_a");
 }
 

@@ -7,7 +7,7 @@ fn wire_snapshot() -> wire::Snapshot {
         settings: Settings {
             host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec!["'self'".into()],
-        default_rate_limits: Default::default(),
+            default_rate_limits: Default::default(),
         },
         tenants: vec![Tenant {
             id: "tn_a".into(),

@@ -47,7 +47,10 @@ fn tampering_with_claims_or_signature_is_detected() {
 
     let mut bad_sig = sig.to_string();
     bad_sig.replace_range(0..1, if bad_sig.starts_with('A') { "B" } else { "A" });
-    assert_eq!(verify_preview_token(&format!("{payload}.{bad_sig}"), 0, lookup), Err(TokenError::BadSignature));
+    assert_eq!(
+        verify_preview_token(&format!("{payload}.{bad_sig}"), 0, lookup),
+        Err(TokenError::BadSignature)
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn another_keys_signature_or_unknown_kid_fails() {
     let (key, other) = (keypair(), keypair());
     let other_public = other.public_key().as_ref().to_vec();
     let token = sign_preview_token(&claims(), &key);
-    assert_eq!(verify_preview_token(&token, 0, |_| Some(other_public.as_slice())), Err(TokenError::BadSignature));
+    assert_eq!(
+        verify_preview_token(&token, 0, |_| Some(other_public.as_slice())),
+        Err(TokenError::BadSignature)
+    );
     assert_eq!(verify_preview_token(&token, 0, |_| None), Err(TokenError::UnknownKey));
 }
 
@@ -63,8 +69,19 @@ fn another_keys_signature_or_unknown_kid_fails() {
 fn malformed_tokens_of_every_kind_are_refused_without_panic() {
     let long = format!("mp_{}", "A".repeat(MAX_TOKEN_LEN));
     for bad in [
-        "", "mp_", "mp_.", "mp_abc", "mp_abc.", "mp_.abc", "mp_!!!.###", "ms_abc", "mp_e30.AAAA", &long,
-        "mp_eyJraWQiOjF9.AAAA", "mp_ÿÿÿ.ÿ", "mp_a.b.c",
+        "",
+        "mp_",
+        "mp_.",
+        "mp_abc",
+        "mp_abc.",
+        "mp_.abc",
+        "mp_!!!.###",
+        "ms_abc",
+        "mp_e30.AAAA",
+        &long,
+        "mp_eyJraWQiOjF9.AAAA",
+        "mp_ÿÿÿ.ÿ",
+        "mp_a.b.c",
     ] {
         let r = verify_preview_token(bad, 0, |_| None);
         assert!(matches!(r, Err(TokenError::Malformed) | Err(TokenError::UnknownKey)), "{bad:?} gave {r:?}");
