@@ -8,6 +8,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_edge::auth::password::Sessions;
 use portico_edge::auth::{Authenticator, Credential, Transport};
+use portico_edge::control::Control;
 use portico_edge::lookup::Lookup;
 use portico_edge::route::resolve;
 use portico_edge::state::Snapshot;
@@ -93,7 +94,9 @@ fn checks(c: &mut Criterion) {
     );
     // Nothing listens on this control URL: a look-up that is sent fails fast, and is not cached.
     let auth = Arc::new(Authenticator {
-        lookup: Lookup::new(reqwest::Client::new(), vec!["http://127.0.0.1:9".into()], "t".into()),
+        lookup: Lookup::new(Arc::new(
+            Control::new(vec!["http://127.0.0.1:9".into()], "t".into()).expect("client"),
+        )),
         sessions: Sessions::new("t"),
     });
     let offer = |t: &str| vec![Credential { token: t.to_string(), transport: Transport::Header }];

@@ -11,6 +11,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
+use crate::control::Control;
 use crate::state::unix_ms;
 
 /// How often the edge reports. Idle thresholds are minutes; a few seconds of lag does not matter.
@@ -134,23 +135,12 @@ struct Entry<'a> {
 /// Posts the activity to `POST /v1/edge/activity` every [`REPORT_EVERY`], and once more at shutdown.
 pub struct ActivityReporter {
     pub activity: Arc<Activity>,
-    control_urls: Vec<String>,
-    edge_token: String,
-    http: reqwest::Client,
+    control: Arc<Control>,
 }
 
 impl ActivityReporter {
-    pub fn new(
-        activity: Arc<Activity>,
-        control_urls: Vec<String>,
-        edge_token: String,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let control_urls = control_urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-        Ok(Self { activity, control_urls, edge_token, http })
+    pub fn new(activity: Arc<Activity>, control: Arc<Control>) -> Self {
+        Self { activity, control }
     }
 
     async fn report(&self) {
@@ -166,28 +156,31 @@ impl ActivityReporter {
         }
     }
 
-    /// Sends one batch to the first control URL that takes it.
+    /// Sends one batch to the first control that answers; `false`: keep it for the next report.
     async fn send(&self, batch: &[Report]) -> bool {
-        for url in &self.control_urls {
-            let resp = self
-                .http
-                .post(format!("{url}/v1/edge/activity"))
-                .bearer_auth(&self.edge_token)
-                .json(&Batch {
-                    sandboxes: batch
-                        .iter()
-                        .map(|r| Entry { id: &r.id, last_request_at: r.last_request_at })
-                        .collect(),
-                })
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => return true,
-                Ok(r) => tracing::debug!(control = %url, status = r.status().as_u16(), "reporting activity"),
-                Err(e) => tracing::debug!(control = %url, error = %e, "reporting activity"),
+        let body = Batch {
+            sandboxes: batch
+                .iter()
+                .map(|r| Entry { id: &r.id, last_request_at: r.last_request_at })
+                .collect(),
+        };
+        let resp = self
+            .control
+            .call(|http, url| {
+                http.post(format!("{url}/v1/edge/activity")).json(&body).timeout(Duration::from_secs(10))
+            })
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) => {
+                tracing::debug!(status = r.status().as_u16(), "control refused an activity report");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reporting activity");
+                false
             }
         }
-        false
     }
 }
 

@@ -5,6 +5,7 @@ pub mod acme;
 pub mod activity;
 pub mod auth;
 pub mod client;
+pub mod control;
 pub mod deploy;
 pub mod error;
 pub mod feed;
@@ -118,17 +119,13 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let control = Arc::new(control::Control::new(config.control_urls.clone(), config.edge_token.clone())?);
     let activity = Arc::new(activity::Activity::default());
-    let waker = Arc::new(wake::Waker::new(
-        config.control_urls.clone(),
-        config.edge_token.clone(),
-        config.wake_timeout,
-        state.clone(),
-    )?);
+    let waker = Arc::new(wake::Waker::new(control.clone(), config.wake_timeout, state.clone()));
     let clients = client::TrustedProxies::new(config.trusted_proxies.clone());
     let limiter = Arc::new(ratelimit::Limiter::new());
     let authenticator = Arc::new(auth::Authenticator {
-        lookup: lookup::Lookup::new(control_http()?, config.control_urls.clone(), config.edge_token.clone()),
+        lookup: lookup::Lookup::new(control.clone()),
         sessions: auth::password::Sessions::new(&config.edge_token),
     });
     let resolver = Arc::new(portico_certs::Resolver::default());
@@ -147,11 +144,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         Some(dir) => dir.join("releases"),
         None => std::env::temp_dir().join(format!("portico-releases-{}", std::process::id())),
     };
-    let releases = Arc::new(statics::Releases::new(
-        releases_dir,
-        config.control_urls.clone(),
-        config.edge_token.clone(),
-    )?);
+    let releases = Arc::new(statics::Releases::new(releases_dir, control.clone()));
     let usage = Arc::new(usage::Usage::default());
     // One pipeline for both listeners: limits, credentials and wakes are shared; only the scheme differs.
     let edge = |scheme: &'static str, https_redirect: Option<Arc<tls::HttpsRedirect>>| proxy::Edge {
@@ -198,17 +191,12 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
 
     let sync = deploy::DeploymentSync { state: state.clone(), registry: deployments, releases };
     server.add_service(background_service("deployments", sync));
-    let usage_reporter = usage::UsageReporter::new(
-        usage,
-        config.state_dir.clone(),
-        config.control_urls.clone(),
-        config.edge_token.clone(),
-    )?;
+    let usage_reporter = usage::UsageReporter::new(usage, config.state_dir.clone(), control.clone());
     server.add_service(background_service("usage", usage_reporter));
     let feed =
         FeedClient::new(config.control_urls.clone(), config.edge_token.clone(), state, config.state_dir)?;
     server.add_service(background_service("feed", feed));
-    let reporter = activity::ActivityReporter::new(activity, config.control_urls, config.edge_token)?;
+    let reporter = activity::ActivityReporter::new(activity, control);
     server.add_service(background_service("activity", reporter));
     Ok(server)
 }
@@ -219,16 +207,14 @@ pub async fn check(config: &EdgeConfig) -> Result<String, StartError> {
     if config.control_urls.is_empty() {
         return Err(StartError::NoControl);
     }
-    let http = control_http()?;
+    let control = control::Control::new(config.control_urls.clone(), config.edge_token.clone())?;
     let mut report = Vec::new();
     let mut reachable = 0;
-    for url in &config.control_urls {
-        let url = url.trim_end_matches('/');
-        let resp = http
-            .get(format!("{url}/v1/edge/ping"))
-            .bearer_auth(&config.edge_token)
-            .timeout(std::time::Duration::from_secs(5))
-            .send()
+    for url in control.urls() {
+        let resp = control
+            .at(url, |http, url| {
+                http.get(format!("{url}/v1/edge/ping")).timeout(std::time::Duration::from_secs(5))
+            })
             .await;
         match resp {
             Ok(r) if r.status().is_success() => {
@@ -247,12 +233,4 @@ pub async fn check(config: &EdgeConfig) -> Result<String, StartError> {
         return Err(StartError::Check(report));
     }
     Ok(report)
-}
-
-/// The HTTP client edges talk to control with.
-fn control_http() -> Result<reqwest::Client, StartError> {
-    reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .build()
-        .map_err(StartError::Http)
 }

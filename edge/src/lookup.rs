@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use portico_wire::CredentialLookup;
 
+use crate::control::Control;
 use crate::metrics;
 
 /// Long enough to absorb a burst of the same token, short enough that a positive answer never outlives
@@ -30,19 +31,15 @@ pub enum LookupError {
 }
 
 pub struct Lookup {
-    http: reqwest::Client,
-    control_urls: Vec<String>,
-    edge_token: String,
+    control: Arc<Control>,
     answers: Cache<String, Option<Arc<CredentialLookup>>>,
     budget: Budget,
 }
 
 impl Lookup {
-    pub fn new(http: reqwest::Client, control_urls: Vec<String>, edge_token: String) -> Self {
+    pub fn new(control: Arc<Control>) -> Self {
         Self {
-            http,
-            control_urls,
-            edge_token,
+            control,
             answers: Cache::builder().max_capacity(MAX_CACHED).time_to_live(ANSWER_TTL).build(),
             budget: Budget::new(BUDGET_PER_SEC),
         }
@@ -64,24 +61,21 @@ impl Lookup {
 
     /// Whether `password` opens the share; only control holds password hashes.
     pub async fn check_password(&self, share_id: &str, password: &str) -> Result<bool, LookupError> {
-        let mut last = String::from("no control URL");
-        for url in &self.control_urls {
-            let resp = self
-                .http
-                .post(format!("{url}/v1/edge/shares/{share_id}/password"))
-                .bearer_auth(&self.edge_token)
-                .json(&serde_json::json!({ "password": password }))
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => return Ok(true),
-                Ok(r) if r.status() == 403 || r.status() == 404 => return Ok(false),
-                Ok(r) => last = format!("{url} answered {}", r.status()),
-                Err(e) => last = e.to_string(),
-            }
+        let body = serde_json::json!({ "password": password });
+        let r = self
+            .control
+            .call(|http, url| {
+                http.post(format!("{url}/v1/edge/shares/{share_id}/password"))
+                    .json(&body)
+                    .timeout(Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| LookupError::Control(e.to_string()))?;
+        match r.status().as_u16() {
+            200..=299 => Ok(true),
+            403 | 404 => Ok(false),
+            status => Err(LookupError::Control(format!("control answered {status}"))),
         }
-        Err(LookupError::Control(last))
     }
 
     async fn ask(&self, sha256: &str) -> Result<Option<Arc<CredentialLookup>>, LookupError> {
@@ -89,29 +83,20 @@ impl Lookup {
             return Err(LookupError::OverBudget);
         }
         metrics::CREDENTIAL_LOOKUPS_SENT.inc();
-        let mut last = String::from("no control URL");
-        for url in &self.control_urls {
-            let resp = self
-                .http
-                .get(format!("{url}/v1/edge/credentials/{sha256}"))
-                .bearer_auth(&self.edge_token)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status() == 404 => return Ok(None),
-                Ok(r) if r.status().is_success() => {
-                    return r
-                        .json()
-                        .await
-                        .map(|v| Some(Arc::new(v)))
-                        .map_err(|e| LookupError::Control(e.to_string()));
-                }
-                Ok(r) => last = format!("{url} answered {}", r.status()),
-                Err(e) => last = e.to_string(),
+        let r = self
+            .control
+            .call(|http, url| {
+                http.get(format!("{url}/v1/edge/credentials/{sha256}")).timeout(Duration::from_secs(2))
+            })
+            .await
+            .map_err(|e| LookupError::Control(e.to_string()))?;
+        match r.status().as_u16() {
+            404 => Ok(None),
+            200..=299 => {
+                r.json().await.map(|v| Some(Arc::new(v))).map_err(|e| LookupError::Control(e.to_string()))
             }
+            status => Err(LookupError::Control(format!("control answered {status}"))),
         }
-        Err(LookupError::Control(last))
     }
 }
 

@@ -22,6 +22,7 @@ use pingora::proxy::Session;
 use portico_wire::VersionTarget;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::control::Control;
 use crate::error::EdgeError;
 use crate::headers;
 use crate::state::Snapshot;
@@ -41,6 +42,8 @@ pub enum ReleaseError {
     Http(#[from] reqwest::Error),
     #[error("control answered {0}")]
     Status(u16),
+    #[error(transparent)]
+    Unreachable(#[from] crate::control::Unreachable),
     #[error("the archive's SHA-256 is {0}")]
     Hash(String),
     #[error("archive entry {0:?} is not a plain file or directory inside the release")]
@@ -66,9 +69,7 @@ type FileKey = (Arc<str>, Arc<str>);
 /// The releases this edge holds on disk, and how it gets more.
 pub struct Releases {
     root: PathBuf,
-    control_urls: Vec<String>,
-    edge_token: String,
-    http: reqwest::Client,
+    control: Arc<Control>,
     /// Releases known to be unpacked: no disk check, and no lock, per request.
     ready: papaya::HashSet<Arc<str>>,
     /// One fetch per release however many requests wait for it.
@@ -77,25 +78,12 @@ pub struct Releases {
 }
 
 impl Releases {
-    pub fn new(root: PathBuf, control_urls: Vec<String>, edge_token: String) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(300))
-            .build()?;
-        let control_urls = control_urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+    pub fn new(root: PathBuf, control: Arc<Control>) -> Self {
         let files = moka::future::Cache::builder()
             .weigher(|_: &FileKey, f: &Arc<File>| u32::try_from(f.len).unwrap_or(u32::MAX).max(1))
             .max_capacity(CACHE_TOTAL)
             .build();
-        Ok(Self {
-            root,
-            control_urls,
-            edge_token,
-            http,
-            ready: papaya::HashSet::new(),
-            flights: Mutex::default(),
-            files,
-        })
+        Self { root, control, ready: papaya::HashSet::new(), flights: Mutex::default(), files }
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,31 +131,24 @@ impl Releases {
     }
 
     async fn download(&self, sha256: &str) -> Result<Bytes, ReleaseError> {
-        let mut last = ReleaseError::Status(0);
-        for url in &self.control_urls {
-            let resp = self
-                .http
-                .get(format!("{url}/v1/edge/releases/{sha256}"))
-                .bearer_auth(&self.edge_token)
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => {
-                    if r.content_length().is_some_and(|n| n > MAX_ARCHIVE as u64) {
-                        return Err(ReleaseError::TooLarge);
-                    }
-                    let bytes = r.bytes().await?;
-                    let actual = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
-                    if actual != sha256 {
-                        return Err(ReleaseError::Hash(actual));
-                    }
-                    return Ok(bytes);
-                }
-                Ok(r) => last = ReleaseError::Status(r.status().as_u16()),
-                Err(e) => last = ReleaseError::Http(e),
-            }
+        let r = self
+            .control
+            .call(|http, url| {
+                http.get(format!("{url}/v1/edge/releases/{sha256}")).timeout(Duration::from_secs(300))
+            })
+            .await?;
+        if !r.status().is_success() {
+            return Err(ReleaseError::Status(r.status().as_u16()));
         }
-        Err(last)
+        if r.content_length().is_some_and(|n| n > MAX_ARCHIVE as u64) {
+            return Err(ReleaseError::TooLarge);
+        }
+        let bytes = r.bytes().await?;
+        let actual = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
+        if actual != sha256 {
+            return Err(ReleaseError::Hash(actual));
+        }
+        Ok(bytes)
     }
 
     /// Answers the request from the release. `Err` is an edge error page (unknown file without a

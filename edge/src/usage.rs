@@ -13,6 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use portico_wire::usage::{UsageBatch, UsageEntry, UsageSubject};
 
+use crate::control::Control;
 use crate::route::{Route, Target};
 use crate::state::unix_ms;
 
@@ -168,30 +169,18 @@ pub struct UsageReporter {
     usage: Arc<Usage>,
     /// Where unsent batches wait across a restart of the edge.
     state_dir: Option<std::path::PathBuf>,
-    control_urls: Vec<String>,
-    edge_token: String,
-    http: reqwest::Client,
+    control: Arc<Control>,
 }
 
 impl UsageReporter {
-    pub fn new(
-        usage: Arc<Usage>,
-        state_dir: Option<std::path::PathBuf>,
-        control_urls: Vec<String>,
-        edge_token: String,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let control_urls = control_urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+    pub fn new(usage: Arc<Usage>, state_dir: Option<std::path::PathBuf>, control: Arc<Control>) -> Self {
         if let Some(dir) = &state_dir {
             match load_unsent(dir) {
                 Ok(batches) => usage.requeue(batches),
                 Err(e) => tracing::error!(error = %e, "reading unsent usage; it is left in place"),
             }
         }
-        Ok(Self { usage, state_dir, control_urls, edge_token, http })
+        Self { usage, state_dir, control }
     }
 
     /// At shutdown: what control did not take is kept in the state dir for the next run.
@@ -214,27 +203,29 @@ impl UsageReporter {
         }
     }
 
+    /// `true` when control took the batch (or refused it for good: resending it would never succeed).
     async fn send(&self, batch: &UsageBatch) -> bool {
-        for url in &self.control_urls {
-            let resp = self
-                .http
-                .post(format!("{url}/v1/edge/usage"))
-                .bearer_auth(&self.edge_token)
-                .json(batch)
-                .send()
-                .await;
-            match resp {
-                Ok(r) if r.status().is_success() => return true,
-                // Refused for what it is (not for being unreachable): resending it would never succeed.
-                Ok(r) if r.status().as_u16() == 422 || r.status().as_u16() == 400 => {
-                    tracing::error!(control = %url, status = r.status().as_u16(), "control refused a usage batch; dropped");
-                    return true;
-                }
-                Ok(r) => tracing::debug!(control = %url, status = r.status().as_u16(), "reporting usage"),
-                Err(e) => tracing::debug!(control = %url, error = %e, "reporting usage"),
+        let resp = self
+            .control
+            .call(|http, url| {
+                http.post(format!("{url}/v1/edge/usage")).json(batch).timeout(Duration::from_secs(10))
+            })
+            .await;
+        match resp {
+            Ok(r) if r.status().is_success() => true,
+            Ok(r) if matches!(r.status().as_u16(), 400 | 422) => {
+                tracing::error!(status = r.status().as_u16(), "control refused a usage batch; dropped");
+                true
+            }
+            Ok(r) => {
+                tracing::debug!(status = r.status().as_u16(), "reporting usage");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reporting usage");
+                false
             }
         }
-        false
     }
 }
 

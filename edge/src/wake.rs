@@ -14,6 +14,7 @@ use portico_wire::{self as wire, SandboxState, WakePolicy};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::control::Control;
 use crate::error::EdgeError;
 use crate::metrics;
 use crate::state::EdgeState;
@@ -61,25 +62,16 @@ enum Answered {
 }
 
 pub struct Waker {
-    control_urls: Vec<String>,
-    edge_token: String,
+    control: Arc<Control>,
     /// `--wake-timeout`: how long requests wait for one wake.
     timeout: Duration,
-    http: reqwest::Client,
     state: Arc<EdgeState>,
     flights: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
 impl Waker {
-    pub fn new(
-        control_urls: Vec<String>,
-        edge_token: String,
-        timeout: Duration,
-        state: Arc<EdgeState>,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
-        let control_urls = control_urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-        Ok(Self { control_urls, edge_token, timeout, http, state, flights: Mutex::new(HashMap::new()) })
+    pub fn new(control: Arc<Control>, timeout: Duration, state: Arc<EdgeState>) -> Self {
+        Self { control, timeout, state, flights: Mutex::new(HashMap::new()) }
     }
 
     fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
@@ -202,31 +194,28 @@ struct ErrorBody {
     code: String,
 }
 
-/// `POST /v1/sandboxes/{id}/wake` on the first control URL that answers.
+/// `POST /v1/sandboxes/{id}/wake` on the first control that answers.
 async fn ask_control(waker: &Waker, id: &str) -> Outcome {
-    for url in &waker.control_urls {
-        let endpoint = format!("{url}/v1/sandboxes/{id}/wake");
-        let resp = match waker.http.post(&endpoint).bearer_auth(&waker.edge_token).send().await {
-            Ok(resp) => resp,
+    let resp = match waker.control.call(|http, url| http.post(format!("{url}/v1/sandboxes/{id}/wake"))).await
+    {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(error = %e, "asking control to wake a sandbox");
+            return Outcome::Failed(EdgeError::WakeFailed);
+        }
+    };
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return match resp.json::<Woken>().await {
+            Ok(w) => Outcome::Woken { address: w.address.into() },
             Err(e) => {
-                tracing::warn!(control = %url, error = %e, "asking control to wake a sandbox");
-                continue;
+                tracing::warn!(error = %e, "control's wake answer has no address");
+                Outcome::Failed(EdgeError::WakeFailed)
             }
         };
-        let status = resp.status().as_u16();
-        if status == 200 {
-            return match resp.json::<Woken>().await {
-                Ok(w) => Outcome::Woken { address: w.address.into() },
-                Err(e) => {
-                    tracing::warn!(control = %url, error = %e, "control's wake answer has no address");
-                    Outcome::Failed(EdgeError::WakeFailed)
-                }
-            };
-        }
-        let code = resp.json::<ControlError>().await.map(|e| e.error.code).unwrap_or_default();
-        return Outcome::Failed(outcome_error(status, &code));
     }
-    Outcome::Failed(EdgeError::WakeFailed)
+    let code = resp.json::<ControlError>().await.map(|e| e.error.code).unwrap_or_default();
+    Outcome::Failed(outcome_error(status, &code))
 }
 
 /// Control's answer to a wake that did not succeed, as the edge's error.

@@ -46,7 +46,7 @@ async fn fake_control(delay: Duration, status: u16, body: &'static str) -> FakeC
 
 fn waker(control: &FakeControl, timeout: Duration) -> Arc<Waker> {
     let state = Arc::new(EdgeState::new(Snapshot::empty()));
-    Arc::new(Waker::new(vec![control.url.clone()], "token".into(), timeout, state).expect("client"))
+    Arc::new(Waker::new(control_client(&control.url), timeout, state))
 }
 
 fn sandbox(state: SandboxState, wake_policy: WakePolicy) -> wire::Sandbox {
@@ -130,10 +130,7 @@ async fn a_failed_wake_is_shared_and_not_retried_during_the_cooldown() {
 async fn a_woken_answer_is_reused_only_until_control_says_something_newer_about_the_sandbox() {
     let control = fake_control(Duration::ZERO, 200, r#"{"address":"10.1.2.3"}"#).await;
     let state = Arc::new(EdgeState::new(Snapshot::empty()));
-    let waker = Arc::new(
-        Waker::new(vec![control.url.clone()], "token".into(), Duration::from_secs(10), state.clone())
-            .expect("client"),
-    );
+    let waker = Arc::new(Waker::new(control_client(&control.url), Duration::from_secs(10), state.clone()));
     let hibernated = sandbox(SandboxState::Hibernated, WakePolicy::OnRequest);
     let upsert = |version, sb: &wire::Sandbox| {
         let changes = vec![wire::Change::UpsertSandbox { sandbox: sb.clone() }];
@@ -157,4 +154,8 @@ fn control_answers_map_to_the_spec_codes() {
     assert_eq!(outcome_error(409, "wake_not_configured"), EdgeError::WakeFailed);
     assert_eq!(outcome_error(404, "not_found"), EdgeError::NotFound);
     assert_eq!(outcome_error(500, ""), EdgeError::WakeFailed);
+}
+
+fn control_client(url: &str) -> Arc<crate::control::Control> {
+    Arc::new(crate::control::Control::new(vec![url.to_string()], "token".into()).expect("client"))
 }
