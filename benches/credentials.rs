@@ -93,12 +93,10 @@ fn checks(c: &mut Criterion) {
         &key,
     );
     // Nothing listens on this control URL: a look-up that is sent fails fast, and is not cached.
-    let auth = Arc::new(Authenticator {
-        lookup: Lookup::new(Arc::new(
-            Control::new(vec!["http://127.0.0.1:9".into()], "t".into()).expect("client"),
-        )),
-        sessions: Sessions::new("t"),
-    });
+    let auth = Arc::new(Authenticator::new(
+        Lookup::new(Arc::new(Control::new(vec!["http://127.0.0.1:9".into()], "t".into()).expect("client"))),
+        Sessions::new("t"),
+    ));
     let offer = |t: &str| vec![Credential { token: t.to_string(), transport: Transport::Header }];
 
     c.bench_function("mp_ token verify (Ed25519, 10k revocations)", |b| {

@@ -124,10 +124,10 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     let waker = Arc::new(wake::Waker::new(control.clone(), config.wake_timeout, state.clone()));
     let clients = client::TrustedProxies::new(config.trusted_proxies.clone());
     let limiter = Arc::new(ratelimit::Limiter::new());
-    let authenticator = Arc::new(auth::Authenticator {
-        lookup: lookup::Lookup::new(control.clone()),
-        sessions: auth::password::Sessions::new(&config.edge_token),
-    });
+    let authenticator = Arc::new(auth::Authenticator::new(
+        lookup::Lookup::new(control.clone()),
+        auth::password::Sessions::new(&config.edge_token),
+    ));
     let resolver = Arc::new(portico_certs::Resolver::default());
     let https_redirect = match (config.redirect_https, &config.https) {
         (false, _) => None,

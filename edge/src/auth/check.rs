@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use portico_wire::tokens::{
-    self, TokenError, MAX_TOKEN_LEN, PREVIEW_TOKEN_PREFIX, SCOPE_READ, SHARE_TOKEN_PREFIX,
+    self, PreviewClaims, TokenError, MAX_TOKEN_LEN, PREVIEW_TOKEN_PREFIX, SCOPE_READ, SHARE_TOKEN_PREFIX,
 };
 use portico_wire::{CredentialLookup, Share};
 use subtle::ConstantTimeEq;
@@ -21,12 +21,25 @@ use crate::state::Snapshot;
 /// How long a session cookie lasts for a credential without an expiry of its own.
 const SESSION_MAX_AGE_SECS: u64 = 24 * 3600;
 
+/// `mp_` tokens whose signature this edge has verified: a page load sends the same token (in its cookie)
+/// hundreds of times, and an Ed25519 verification costs tens of microseconds. Only the signature is
+/// remembered; expiry, revocation, key and route are checked on every request.
+const VERIFIED_TOKENS: u64 = 10_000;
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct Authenticator {
     pub lookup: Lookup,
     pub sessions: Sessions,
+    verified: moka::sync::Cache<String, Arc<PreviewClaims>>,
 }
 
 impl Authenticator {
+    pub fn new(lookup: Lookup, sessions: Sessions) -> Self {
+        let verified =
+            moka::sync::Cache::builder().max_capacity(VERIFIED_TOKENS).time_to_live(VERIFIED_TTL).build();
+        Self { lookup, sessions, verified }
+    }
+
     /// The first offered credential that opens the route, or the most telling failure: a share's password
     /// form over expired over invalid.
     pub async fn authenticate(
@@ -80,7 +93,8 @@ impl Authenticator {
             return Err(EdgeError::TokenInvalid);
         }
         if token.starts_with(PREVIEW_TOKEN_PREFIX) {
-            preview_token(snap, route, token, now)
+            let claims = self.verify(snap, token, now)?;
+            preview_token(snap, route, &claims, now)
         } else if c.transport == Transport::Cookie && token.starts_with(SESSION_PREFIX) {
             let (share_id, exp) = self.sessions.verify(token, now).ok_or(EdgeError::TokenInvalid)?;
             let share = snap.share_by_id(&share_id).ok_or(EdgeError::TokenInvalid)?;
@@ -97,6 +111,26 @@ impl Authenticator {
             self.preview_auth(snap, route, token).await?;
             Ok((Kind::PreviewAuth, SESSION_MAX_AGE_SECS))
         }
+    }
+
+    /// The claims of a genuine, unexpired `mp_` token signed by a key the snapshot still has.
+    fn verify(&self, snap: &Snapshot, token: &str, now: u64) -> Result<Arc<PreviewClaims>, EdgeError> {
+        if let Some(claims) = self.verified.get(token) {
+            if claims.exp <= now {
+                return Err(EdgeError::TokenExpired);
+            }
+            if snap.verify_keys.contains_key(claims.kid.as_str()) {
+                return Ok(claims);
+            }
+        }
+        let claims = tokens::verify_preview_token(token, now, |kid| snap.verify_keys.get(kid).map(|k| &**k))
+            .map_err(|e| match e {
+                TokenError::Expired => EdgeError::TokenExpired,
+                _ => EdgeError::TokenInvalid,
+            })?;
+        let claims = Arc::new(claims);
+        self.verified.insert(token.to_string(), claims.clone());
+        Ok(claims)
     }
 
     async fn share(&self, snap: &Snapshot, token: &str) -> Option<Arc<Share>> {
@@ -132,12 +166,12 @@ impl Authenticator {
 
 /// An `mp_` token opens its sandbox (and only its port, if it names one) while signed, unexpired,
 /// unrevoked and scoped to read.
-fn preview_token(snap: &Snapshot, route: &Route, token: &str, now: u64) -> Result<(Kind, u64), EdgeError> {
-    let claims = tokens::verify_preview_token(token, now, |kid| snap.verify_keys.get(kid).map(|k| &**k))
-        .map_err(|e| match e {
-            TokenError::Expired => EdgeError::TokenExpired,
-            _ => EdgeError::TokenInvalid,
-        })?;
+fn preview_token(
+    snap: &Snapshot,
+    route: &Route,
+    claims: &PreviewClaims,
+    now: u64,
+) -> Result<(Kind, u64), EdgeError> {
     let opens = claims.tid == route.tenant.tenant.id
         && route.sandbox().is_some_and(|s| claims.sbx == s.id)
         && claims.port.is_none_or(|p| Some(p) == route.port())
