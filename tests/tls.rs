@@ -630,3 +630,51 @@ async fn a_failed_challenge_shows_failed_with_the_reason() {
     );
     assert!(!metrics.contains("broken.test"), "{metrics}");
 }
+
+#[tokio::test]
+async fn acme_certifies_a_deployments_custom_domain_and_serves_it_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dns = Dns::start().await;
+    let (t, pebble) = acme_stack(dir.path(), &dns, None).await;
+    let tenant = t.stack.admin.tenant("shop-owner").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let d =
+        tenant.ok("POST", "/v1/deployments", Some(json!({"name": "shop", "workspace": "owner"})), 201).await;
+    let id = d["id"].as_str().expect("id");
+    let v = tenant
+        .ok(
+            "POST",
+            &format!("/v1/deployments/{id}/versions"),
+            Some(json!({"instances": [fake.addr.to_string()]})),
+            201,
+        )
+        .await;
+    tenant
+        .ok("POST", &format!("/v1/deployments/{id}/promote"), Some(json!({"version_id": v["id"]})), 200)
+        .await;
+    // challtestsrv answers every name with 127.0.0.1, so pebble's HTTP-01 check reaches the edge.
+    let host = "shop.custom.test";
+    tenant.ok("POST", &format!("/v1/deployments/{id}/domains"), Some(json!({"hostname": host})), 201).await;
+
+    wait_until("the custom domain's certificate to be issued", Duration::from_secs(90), || async {
+        let d = tenant.ok("GET", &format!("/v1/deployments/{id}"), None, 200).await;
+        let state = &d["domains"][0]["certificate"]["state"];
+        assert_ne!(state, "failed", "{d}");
+        state == "issued"
+    })
+    .await;
+    let root = pebble.issuing_root().await;
+    let roots = roots_from_pem(&root);
+    wait_until("the custom domain to be served its ACME certificate", Duration::from_secs(90), || async {
+        handshake(t.https, host, &roots).await.is_ok()
+    })
+    .await;
+    let resp = https_client(t.https, &root)
+        .get(format!("https://{host}:{}/hello", t.https.port()))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.expect("echo");
+    assert_eq!(echo["uri"], "/hello", "the deployment's instance answered over HTTPS");
+}
