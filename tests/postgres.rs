@@ -568,3 +568,82 @@ async fn fifty_requests_through_three_edges_wake_a_hibernated_sandbox_with_one_o
         assert!(woken >= 1.0, "edge {} woke the sandbox through control", edge.addr);
     }
 }
+
+/// A `.tar.gz` holding `index.html` with `html` in it.
+fn release_archive(html: &str) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_ustar();
+    h.set_size(html.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "index.html", html.as_bytes()).unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// `PUT /v1/releases/{sha}` through the replica at `url`; its status.
+async fn put_release(url: &str, key: &str, sha: &str, bytes: &[u8]) -> u16 {
+    let resp = reqwest::Client::new()
+        .put(format!("{url}/v1/releases/{sha}"))
+        .bearer_auth(key)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+#[tokio::test]
+async fn a_release_uploaded_through_one_replica_is_served_after_that_replica_dies() {
+    let mut cluster = Cluster::start(&[]).await;
+    let bytes = release_archive("<h1>from the database</h1>");
+    let sha: String = ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        put_release(&cluster.replicas[0].url, &cluster.tenant_key, &sha, &bytes).await,
+        201,
+        "uploaded through replica A"
+    );
+    assert!(!cluster.replicas[0].data_dir.join("releases").exists(), "nothing on A's disk");
+
+    // A dies before any edge has fetched the release (no version names it yet).
+    cluster.replicas[0].proc.kill();
+    let fetched = reqwest::Client::new()
+        .get(format!("{}/v1/edge/releases/{sha}", cluster.replicas[1].url))
+        .bearer_auth(common::EDGE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap(), bytes, "B serves the archive A received");
+
+    // Published through B: edge 1 follows B; edges 0 and 2 fail over to it. Each fetches the release
+    // from B and serves it.
+    let tenant_b = cluster.tenant(1);
+    let d =
+        tenant_b.ok("POST", "/v1/deployments", Some(json!({"name": "site", "workspace": "acme"})), 201).await;
+    let id = d["id"].as_str().unwrap();
+    let v = tenant_b
+        .ok("POST", &format!("/v1/deployments/{id}/versions"), Some(json!({"release": sha})), 201)
+        .await;
+    tenant_b
+        .ok("POST", &format!("/v1/deployments/{id}/promote"), Some(json!({"version_id": v["id"]})), 200)
+        .await;
+    let host = d["hostname"].as_str().unwrap();
+    for edge in &cluster.edges {
+        until_status(&edge.client(), &edge.url(host, "/"), 200, Duration::from_secs(10)).await;
+        let text = edge.client().get(edge.url(host, "/")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(text, "<h1>from the database</h1>", "edge {}", edge.addr);
+    }
+
+    // Uploaded again through B: the tenant has it already (200), and the database holds it once.
+    assert_eq!(put_release(&cluster.replicas[1].url, &cluster.tenant_key, &sha, &bytes).await, 200);
+    let mut conn = cluster.db.connect().await;
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT sha256, data FROM release_data").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(rows, [(sha.clone(), bytes.clone())], "stored once, as uploaded");
+    assert!(!cluster.replicas[1].data_dir.join("releases").exists(), "nothing on B's disk");
+}

@@ -59,10 +59,17 @@ async fn upload(api: &Api, bytes: &[u8], sha: &str) -> (u16, serde_json::Value) 
     (status, resp.json().await.unwrap_or_default())
 }
 
-fn stored(control: &Control) -> Vec<String> {
-    std::fs::read_dir(control.data_dir.join("releases"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
+/// The archives control's database holds: (sha256, bytes).
+async fn stored(control: &Control) -> Vec<(String, Vec<u8>)> {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", control.data_dir.join("portico.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows = sqlx::query_as("SELECT sha256, data FROM release_data ORDER BY sha256")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    rows
 }
 
 /// A deployment serving `bytes` as its active release; returns its host.
@@ -89,10 +96,15 @@ async fn a_static_release_serves_nested_files_with_etags_ranges_and_compression(
     let tenant = stack.admin.tenant("acme").await;
     let bytes = site();
     let host = static_site(&stack, &tenant, &bytes).await;
-    // Uploading the same release again stores nothing new.
+    // Uploading the same release again stores nothing new: one row, the archive as uploaded.
     let sha = sha256_hex(&bytes);
     assert_eq!(upload(&tenant, &bytes, &sha).await.0, 200);
-    assert_eq!(stored(&stack.control), [format!("{sha}.tar.gz")]);
+    assert_eq!(stored(&stack.control).await, [(sha.clone(), bytes.clone())]);
+    // Another tenant uploading it too gets its own 201, and still one archive is stored.
+    let other = stack.admin.tenant("other").await;
+    assert_eq!(upload(&other, &bytes, &sha).await.0, 201);
+    assert_eq!(stored(&stack.control).await.len(), 1);
+    assert!(!stack.control.data_dir.join("releases").exists(), "nothing on control's disk");
 
     let client = stack.edge.client();
     let url = |path: &str| stack.edge.url(&host, path);
@@ -226,7 +238,8 @@ async fn bad_archives_are_refused_with_422_and_nothing_is_stored() {
     let good = archive(&[file("index.html")]);
     let (status, body) = upload(&tenant, &good, &"0".repeat(64)).await;
     assert_eq!(status, 422, "a hash that does not match the body: {body}");
-    assert!(stored(&control).is_empty(), "nothing stored: {:?}", stored(&control));
+    let kept = stored(&control).await;
+    assert!(kept.is_empty(), "nothing stored: {:?}", kept.iter().map(|(sha, _)| sha).collect::<Vec<_>>());
 
     // A version cannot name a release that was refused.
     let d =

@@ -32,7 +32,7 @@ pub use releases::ReleaseLimits;
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
     pub database_url: String,
-    /// Holds `admin.key` / `edge.token` when they are generated.
+    /// Holds `admin.key` / `edge.token` when they are generated (release archives are in the database).
     pub data_dir: PathBuf,
     pub admin_key: Option<String>,
     pub edge_token: Option<String>,
@@ -102,7 +102,8 @@ pub(crate) struct AppState {
     pub app_template: Option<HostTemplate>,
     /// Every host template: a custom domain must not be a host they already route.
     pub templates: Vec<HostTemplate>,
-    pub releases: releases::ReleaseStore,
+    /// Limits on static release archives; the archives themselves are in the database.
+    pub release_limits: ReleaseLimits,
     /// Resolves preview-domain CNAMEs for verification.
     pub dns: dns::Dns,
 }
@@ -189,7 +190,7 @@ impl Control {
             default_rate_limits: config.default_rate_limits,
             waker,
             app_template: templates.iter().find(|t| t.kind() == TemplateKind::Deployment).cloned(),
-            releases: releases::ReleaseStore::new(&config.data_dir, config.release_limits),
+            release_limits: config.release_limits,
             dns: dns::Dns::new(config.dns_resolver),
             templates,
         });

@@ -1,8 +1,11 @@
-//! Static releases: `.tar.gz` archives checked once on upload and kept content-addressed under
-//! `<data-dir>/releases/<sha256>.tar.gz`, so the same release uploaded twice (by anyone) is stored once.
+//! Static releases: `.tar.gz` archives checked once on upload and kept content-addressed in the database
+//! (`release_data`, keyed by SHA-256), so the same release uploaded twice (by anyone) is stored once and
+//! every control replica can hand it to an edge.
 
-use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::io::Read;
+use std::path::{Component, Path};
+
+use sqlx::AnyPool;
 
 /// Limits on one archive (`control --release-max-bytes`, `--release-max-files`).
 #[derive(Clone, Copy, Debug)]
@@ -125,40 +128,37 @@ fn check_path(raw: &str) -> Result<(), ReleaseError> {
     Ok(())
 }
 
-/// The directory of stored archives.
-#[derive(Clone, Debug)]
-pub struct ReleaseStore {
-    dir: PathBuf,
-    pub limits: ReleaseLimits,
+/// Stores the archive unless it is already there; `true` when this call stored it.
+pub async fn store(pool: &AnyPool, sha256: &str, bytes: &[u8], now_ms: i64) -> sqlx::Result<bool> {
+    // Already stored: do not send the bytes again.
+    if exists(pool, sha256).await? {
+        return Ok(false);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO release_data (sha256, data, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(sha256)
+    .bind(bytes)
+    .bind(now_ms)
+    .execute(pool)
+    .await?;
+    Ok(inserted.rows_affected() > 0)
 }
 
-impl ReleaseStore {
-    pub fn new(data_dir: &Path, limits: ReleaseLimits) -> Self {
-        Self { dir: data_dir.join("releases"), limits }
-    }
+async fn exists(pool: &AnyPool, sha256: &str) -> sqlx::Result<bool> {
+    let found: Option<String> = sqlx::query_scalar("SELECT sha256 FROM release_data WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(pool)
+        .await?;
+    Ok(found.is_some())
+}
 
-    pub fn path(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!("{sha256}.tar.gz"))
-    }
-
-    /// Writes the archive unless it is already there: write, fsync, rename, so a reader never sees half.
-    pub fn store(&self, sha256: &str, bytes: &[u8]) -> std::io::Result<bool> {
-        let path = self.path(sha256);
-        if path.exists() {
-            return Ok(false);
-        }
-        std::fs::create_dir_all(&self.dir)?;
-        let tmp = self.dir.join(format!(".{sha256}.{}.tmp", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(true)
-    }
-
-    pub fn read(&self, sha256: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.path(sha256))
-    }
+/// The archive as uploaded, or `None` when no release has this hash.
+pub async fn read(pool: &AnyPool, sha256: &str) -> sqlx::Result<Option<Vec<u8>>> {
+    sqlx::query_scalar("SELECT data FROM release_data WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(pool)
+        .await
 }
 
 #[cfg(test)]

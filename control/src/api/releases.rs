@@ -1,5 +1,6 @@
-//! `PUT /v1/releases/{sha256}`: a static release (`.tar.gz`), checked and stored content-addressed; and
-//! `GET /v1/edge/releases/{sha256}`, where edges fetch it when a version using it is promoted.
+//! `PUT /v1/releases/{sha256}`: a static release (`.tar.gz`), checked and stored content-addressed in the
+//! database; and `GET /v1/edge/releases/{sha256}`, where edges fetch it (from any replica) when a version
+//! using it is promoted.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -70,23 +71,21 @@ pub async fn upload(
     if !is_release_id(&sha256) {
         return Err(ApiError::NotFound("a release is named by the SHA-256 (hex) of its .tar.gz".into()));
     }
-    let limits = app.releases.limits;
+    let limits = app.release_limits;
     let limit = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
     let bytes: Bytes = axum::body::to_bytes(body, limit.saturating_add(1))
         .await
         .map_err(|_| refused(ReleaseError::TooLarge(limits.max_bytes)))?;
-    let store = app.releases.clone();
     let sha = sha256.clone();
-    // Hashing, gunzipping and writing a large archive is blocking work.
-    let (checked, _stored) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+    // Hashing and gunzipping a large archive is blocking work.
+    let (checked, bytes) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
         let checked = releases::check(&sha, &bytes, limits).map_err(refused)?;
-        let stored = store
-            .store(&sha, &bytes)
-            .map_err(|e| ApiError::Internal(format!("storing release {sha}: {e}")))?;
-        Ok((checked, stored))
+        Ok((checked, bytes))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("checking a release: {e}")))??;
+    // The archive first, then the tenant's row: a release a tenant may name is always there to fetch.
+    releases::store(&app.pool, &sha256, &bytes, now_ms()).await?;
     let inserted = sqlx::query(
         "INSERT INTO releases (sha256, tenant_id, size, files, created_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (sha256, tenant_id) DO NOTHING",
@@ -127,13 +126,8 @@ pub async fn fetch(State(app): State<App>, _: EdgeKey, PathId(sha256): PathId) -
     if !is_release_id(&sha256) {
         return Err(ApiError::not_found("release"));
     }
-    let store = app.releases.clone();
-    let read = tokio::task::spawn_blocking(move || store.read(&sha256))
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading a release: {e}")))?;
-    match read {
-        Ok(bytes) => Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found("release")),
-        Err(e) => Err(ApiError::Internal(format!("reading a release: {e}"))),
+    match releases::read(&app.pool, &sha256).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response()),
+        None => Err(ApiError::not_found("release")),
     }
 }
