@@ -27,11 +27,7 @@ async fn an_edge_upgrade_takes_over_the_sockets_without_refusing_a_connection() 
     until_status(&stack.edge.client(), &url, 200, Duration::from_secs(2)).await;
 
     // 200 requests, each on a new connection, spread over the switch.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .dns_resolver(std::sync::Arc::new(ResolveTo(stack.edge.addr.ip())))
-        .build()
-        .unwrap();
+    let client = common::builder_to(stack.edge.addr).pool_max_idle_per_host(0).build().unwrap();
     let load = tokio::spawn({
         let (client, url) = (client.clone(), url.clone());
         async move {
@@ -75,14 +71,6 @@ async fn an_edge_upgrade_takes_over_the_sockets_without_refusing_a_connection() 
     assert!(failures.is_empty(), "requests failed during the upgrade: {failures:?}");
     // The new process serves on the same address.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
-}
-
-struct ResolveTo(std::net::IpAddr);
-impl reqwest::dns::Resolve for ResolveTo {
-    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let addr = std::net::SocketAddr::new(self.0, 0);
-        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
-    }
 }
 
 fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {

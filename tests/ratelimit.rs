@@ -5,8 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::sandbox::{header, FakeSandbox};
@@ -15,17 +14,8 @@ use serde_json::{json, Value};
 
 /// A client connecting from `source` and sending every host name to the edge.
 fn client_from(edge: &common::Edge, source: &str) -> reqwest::Client {
-    struct To(IpAddr);
-    impl reqwest::dns::Resolve for To {
-        fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
-            let addr = SocketAddr::new(self.0, 0);
-            Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as reqwest::dns::Addrs) })
-        }
-    }
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(To(edge.addr.ip())))
+    common::builder_to(edge.addr)
         .local_address(source.parse::<IpAddr>().expect("source ip"))
-        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
 }

@@ -425,11 +425,7 @@ impl Pebble {
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("PORTICO_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(common::child_stderr())
             .spawn()
             .expect("spawn pebble");
         let pebble = Pebble {

@@ -11,7 +11,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::control::Control;
+use crate::control::{self, Control};
 use crate::state::unix_ms;
 
 /// How often the edge reports. Idle thresholds are minutes; a few seconds of lag does not matter.
@@ -186,18 +186,8 @@ impl ActivityReporter {
 
 #[async_trait]
 impl BackgroundService for ActivityReporter {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut every = tokio::time::interval(REPORT_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => self.report().await,
-                _ = shutdown.changed() => {
-                    self.report().await;
-                    return;
-                }
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        control::report_every(REPORT_EVERY, shutdown, || self.report()).await;
     }
 }
 

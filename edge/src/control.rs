@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use pingora::server::ShutdownWatch;
 use reqwest::{Client, RequestBuilder, Response};
 
 pub struct Control {
@@ -54,5 +55,25 @@ impl Control {
         build: impl Fn(&Client, &str) -> RequestBuilder,
     ) -> reqwest::Result<Response> {
         build(&self.http, url).bearer_auth(&self.token).send().await
+    }
+}
+
+/// Runs `report` every `period` until the server shuts down, and once more then: how the edge's batched
+/// reports (activity, usage) reach control.
+pub async fn report_every<F, Fut>(period: Duration, mut shutdown: ShutdownWatch, mut report: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => report().await,
+            _ = shutdown.changed() => {
+                report().await;
+                return;
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use portico_wire::usage::{UsageBatch, UsageEntry, UsageSubject};
 
-use crate::control::Control;
+use crate::control::{self, Control};
 use crate::route::{Route, Target};
 use crate::state::unix_ms;
 
@@ -231,19 +231,9 @@ impl UsageReporter {
 
 #[async_trait]
 impl BackgroundService for UsageReporter {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut every = tokio::time::interval(REPORT_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => self.report().await,
-                _ = shutdown.changed() => {
-                    self.report().await;
-                    self.keep_unsent();
-                    return;
-                }
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        control::report_every(REPORT_EVERY, shutdown, || self.report()).await;
+        self.keep_unsent();
     }
 }
 

@@ -65,12 +65,17 @@ pub fn portico() -> Command {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("PORTICO_TEST_LOGS").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
+        .stderr(child_stderr());
     c
+}
+
+/// Where a spawned process's log goes: nowhere, or this terminal with `PORTICO_TEST_LOGS=1`.
+pub fn child_stderr() -> Stdio {
+    if std::env::var_os("PORTICO_TEST_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 /// Sends the process's log (stderr, at `info`) to `path`, for tests that read what was logged.
@@ -211,6 +216,11 @@ impl Edge {
 
 /// reqwest resolving every name to `addr`'s IP, keeping the URL's port.
 pub fn client_to(addr: SocketAddr) -> reqwest::Client {
+    builder_to(addr).build().expect("client")
+}
+
+/// The builder behind [`client_to`], for tests that need more (a source address, no pooling).
+pub fn builder_to(addr: SocketAddr) -> reqwest::ClientBuilder {
     struct To(IpAddr);
     impl reqwest::dns::Resolve for To {
         fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -221,8 +231,6 @@ pub fn client_to(addr: SocketAddr) -> reqwest::Client {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(To(addr.ip())))
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
 }
 
 /// The control API as a platform backend calls it.
