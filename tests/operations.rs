@@ -150,3 +150,15 @@ async fn control_logs_each_mutation_with_its_actor_and_never_a_key() {
     assert_eq!(sandbox["fields"]["actor"], tenant_id.as_str());
     assert!(!text.contains(&tenant.key) && !text.contains(common::ADMIN_KEY), "a key reached the log");
 }
+
+#[test]
+fn every_flag_also_reads_its_portico_environment_variable() {
+    // The flag's variable is read: a bad value there is refused like the flag itself.
+    let (ok, text) = check(&["control"], &[("PORTICO_DEFAULT_PUBLIC_PER_IP", "fast")]);
+    assert!(!ok && text.contains("RPS/BURST"), "{text}");
+    let (ok, text) = check(&["control"], &[("PORTICO_HOST_TEMPLATE", "{nope}.x.dev")]);
+    assert!(!ok && text.contains("nope"), "{text}");
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let (ok, text) = check(&["edge"], &[("PORTICO_CONTROL_URL", &dead)]);
+    assert!(!ok && text.contains(&dead), "{text}");
+}

@@ -67,6 +67,22 @@ async fn up_generates_the_admin_key_once_and_serves_a_preview() {
     let url = format!("http://{}-{}.sandbox.localhost:{}/", fake.port(), sb["id"].as_str().unwrap(), up.http);
     until_status(&edge, &url, 200, Duration::from_secs(5)).await;
 
+    // Every file holding a secret or key material is readable by the owner only (SPEC §6): the database,
+    // the generated keys and the edge's saved state (which carries certificates' private keys).
+    let saved = data.join("edge/snapshot.json");
+    wait_until("the edge to save its state", Duration::from_secs(10), || {
+        let saved = saved.clone();
+        async move { saved.exists() }
+    })
+    .await;
+    for file in [data.join("portico.db"), data.join("admin.key"), data.join("edge.token"), saved] {
+        let mode = std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{} is mode {:o}", file.display(), mode & 0o777);
+    }
+
     let took = up.proc.terminate();
     assert!(took < Duration::from_secs(10), "up took {took:?} to stop");
     let mut printed = String::new();

@@ -57,12 +57,37 @@ impl FeedClient {
         Ok(Self { control_urls, edge_token, state, state_dir, http })
     }
 
-    /// One round trip: asks for what happened after the current version and applies it.
-    async fn poll(&self, url: &str) -> Result<(), FeedError> {
+    /// Before the edge starts accepting (a restart, or an upgrade taking over the sockets), brings the
+    /// saved state up to date when control answers within `timeout`: the state dir may be a second old.
+    /// Runs on its own short-lived runtime and client, before Pingora's runtimes exist.
+    pub fn catch_up(&self, timeout: Duration) {
+        let caught_up = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|rt| {
+            rt.block_on(async {
+                let http =
+                    reqwest::Client::builder().connect_timeout(timeout).timeout(timeout).build().ok()?;
+                for url in &self.control_urls {
+                    if let Ok(Ok(())) = tokio::time::timeout(timeout, self.poll(&http, url, 0)).await {
+                        return Some(());
+                    }
+                }
+                None
+            })
+        });
+        match caught_up {
+            Ok(Some(())) => {
+                tracing::info!(version = self.state.load().version, "routing state caught up before serving")
+            }
+            _ => tracing::warn!("control did not answer at start; serving the saved state until it does"),
+        }
+    }
+
+    /// One round trip: asks for what happened after the current version (waiting up to `wait` seconds
+    /// for something to happen) and applies it.
+    async fn poll(&self, http: &reqwest::Client, url: &str, wait: u64) -> Result<(), FeedError> {
         let since = self.state.load().version;
-        let endpoint = format!("{url}/v1/edge/feed?since={since}&wait={WAIT_SECS}");
+        let endpoint = format!("{url}/v1/edge/feed?since={since}&wait={wait}");
         let err = |source| FeedError::Http { url: url.to_string(), source };
-        let resp = self.http.get(&endpoint).bearer_auth(&self.edge_token).send().await.map_err(err)?;
+        let resp = http.get(&endpoint).bearer_auth(&self.edge_token).send().await.map_err(err)?;
         if !resp.status().is_success() {
             return Err(FeedError::Status { url: url.to_string(), status: resp.status().as_u16() });
         }
@@ -97,7 +122,7 @@ impl BackgroundService for FeedClient {
         loop {
             let url = &self.control_urls[which % self.control_urls.len()];
             let result = tokio::select! {
-                r = self.poll(url) => r,
+                r = self.poll(&self.http, url, WAIT_SECS) => r,
                 _ = shutdown.changed() => return,
             };
             match result {

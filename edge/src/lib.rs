@@ -118,6 +118,15 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     let opt = Opt { upgrade: config.upgrade, ..Opt::default() };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    // After taking over the sockets (an upgrade) and before accepting: new connections wait in the
+    // backlog for the moment it takes, and never see a state older than control's.
+    let feed = FeedClient::new(
+        config.control_urls.clone(),
+        config.edge_token.clone(),
+        state.clone(),
+        config.state_dir.clone(),
+    )?;
+    feed.catch_up(std::time::Duration::from_secs(2));
 
     let control = Arc::new(control::Control::new(config.control_urls.clone(), config.edge_token.clone())?);
     let activity = Arc::new(activity::Activity::default());
@@ -193,8 +202,6 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     server.add_service(background_service("deployments", sync));
     let usage_reporter = usage::UsageReporter::new(usage, config.state_dir.clone(), control.clone());
     server.add_service(background_service("usage", usage_reporter));
-    let feed =
-        FeedClient::new(config.control_urls.clone(), config.edge_token.clone(), state, config.state_dir)?;
     server.add_service(background_service("feed", feed));
     let reporter = activity::ActivityReporter::new(activity, control);
     server.add_service(background_service("activity", reporter));
