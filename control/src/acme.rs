@@ -24,7 +24,7 @@ use sqlx::AnyConnection;
 use crate::certificates::{self, ACME, UPLOAD};
 use crate::db::{now_ms, Kind, Write};
 use crate::error::ApiResult;
-use crate::AppState;
+use crate::state::AppState;
 
 const TICK: Duration = Duration::from_secs(1);
 /// Edges follow the feed within a second; the CA is told to validate only after that.

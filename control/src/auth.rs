@@ -12,7 +12,7 @@ use axum::response::Response;
 
 use crate::error::ApiError;
 use crate::keys::{matches_hash, sha256_hex};
-use crate::App;
+use crate::state::App;
 
 tokio::task_local! {
     /// Who the current request acts as, noted by the key extractors for the audit line.

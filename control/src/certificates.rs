@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
-use crate::api::timestamp;
+use crate::db::timestamp;
 use crate::db::{now_ms, Kind, Write};
 use crate::error::{ApiError, ApiResult};
 

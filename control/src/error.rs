@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -76,6 +76,9 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Request bodies are small JSON documents; metadata, the largest field, is capped at 16 KiB.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
 /// A JSON body whose every rejection is an [`ApiError`]: broken JSON → 400, a well-formed body that does
 /// not fit the type (missing, unknown or mistyped field) → 422 naming the field. The content type is not
 /// checked: `curl -d` sends form encoding by default and the body is what matters.
@@ -86,7 +89,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(crate::api::BODY_LIMIT),
+            BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(BODY_LIMIT),
             other => ApiError::BadRequest(other.body_text()),
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -123,5 +126,19 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             .await
             .map(|Path(id)| PathId(id))
             .map_err(|_| ApiError::not_found("object"))
+    }
+}
+
+/// A query string whose rejection is a JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
     }
 }

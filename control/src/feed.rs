@@ -14,13 +14,13 @@ use serde::Deserialize;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::time::Instant;
 
-use crate::api::ApiQuery;
 use crate::auth::EdgeKey;
 use crate::credentials;
 use crate::db::{self, now_ms, Kind, PreviewRow, SandboxRow, TenantRow};
 use crate::db::{PREVIEW_COLUMNS, SANDBOX_COLUMNS, TENANT_COLUMNS};
+use crate::error::ApiQuery;
 use crate::error::ApiResult;
-use crate::{App, AppState};
+use crate::state::{App, AppState};
 
 const DEFAULT_WAIT: u64 = 25;
 const MAX_WAIT: u64 = 60;

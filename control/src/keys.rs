@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::{Rng, RngCore};
 
-use crate::ControlError;
+use crate::config::ControlError;
 
 /// 32 random bytes, base64url without padding (43 characters).
 pub fn random_secret() -> String {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use crate::certificates;
 use crate::db::now_ms;
 use crate::error::ApiResult;
-use crate::App;
+use crate::state::App;
 
 #[utoipa::path(
     get,

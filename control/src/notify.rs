@@ -13,7 +13,8 @@ use sqlx::postgres::PgListener;
 use sqlx::AnyPool;
 use tokio::sync::watch;
 
-use crate::{AppState, ControlError};
+use crate::config::ControlError;
+use crate::state::AppState;
 
 /// The channel the feed version is sent on.
 pub const CHANNEL: &str = "portico_feed";

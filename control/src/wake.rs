@@ -19,7 +19,8 @@ use tokio::sync::watch;
 
 use crate::db::{enum_text, now_ms, Kind, Write};
 use crate::error::ApiError;
-use crate::{validate, App, AppState};
+use crate::state::{App, AppState};
+use crate::validate;
 
 /// The header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
 pub const SIGNATURE_HEADER: &str = "x-portico-signature";

@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized};
+use crate::acme;
 use crate::auth::Admin;
 use crate::certificates::{self, CertificateView, UPLOAD};
 use crate::db::Write;
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::{acme, App};
+use crate::state::App;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -22,8 +22,9 @@ use crate::certificates::CertificateStatus;
 use crate::db::{now_ms, Kind, Write};
 use crate::deployments::{self, DeploymentRow, VersionRow, DEPLOYMENT_COLUMNS, VERSION_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::keys;
 use crate::releases::is_release_id;
-use crate::{keys, App};
+use crate::state::App;
 
 const MAX_INSTANCES: usize = 64;
 const DEFAULT_INTERVAL_MS: u64 = 1000;

@@ -12,7 +12,7 @@ use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, Payloa
 use crate::auth::EdgeKey;
 use crate::credentials::{self, now_secs};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::App;
+use crate::state::App;
 
 /// `GET /v1/edge/ping`: whether the edge token is good, without waiting on the feed.
 #[utoipa::path(

@@ -1,5 +1,8 @@
 //! The HTTP surface: one router for the tenant/admin API (SPEC §3) and the edge feed.
 
+pub use crate::db::timestamp;
+pub use crate::error::ApiQuery;
+
 mod certificates;
 mod deployments;
 pub mod doc;
@@ -13,21 +16,18 @@ mod tokens;
 mod usage;
 mod wake;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query};
-use axum::http::request::Parts;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::App;
+use crate::state::App;
 
-/// Request bodies are small JSON documents; metadata, the largest field, is capped at 16 KiB.
-pub const BODY_LIMIT: usize = 64 * 1024;
+pub use crate::error::BODY_LIMIT;
 
 /// Every route, each registered with its OpenAPI annotation (`routes!`): what is served is what is documented.
 pub fn routes() -> OpenApiRouter<App> {
@@ -90,29 +90,6 @@ pub fn router(app: App) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(crate::auth::audit))
         .with_state(app)
-}
-
-/// A query string whose rejection is a JSON 400.
-pub struct ApiQuery<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(q)| ApiQuery(q))
-            .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
-    }
-}
-
-/// Unix milliseconds as RFC 3339, the form shown in responses.
-pub fn timestamp(ms: i64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// Distinguishes "not yours" (403) from "no such thing" (404).

@@ -15,7 +15,8 @@ use super::{owned, sandboxes, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_parse, enum_text, now_ms, Kind, PreviewRow, Write, PREVIEW_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::{keys, App};
+use crate::keys;
+use crate::state::App;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

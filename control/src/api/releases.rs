@@ -17,7 +17,7 @@ use crate::auth::{EdgeKey, TenantKey};
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult, PathId};
 use crate::releases::{self, is_release_id, ReleaseError};
-use crate::App;
+use crate::state::App;
 
 /// A `.tar.gz` archive, as bytes: in OpenAPI 3.1, a string whose content is `application/gzip`.
 pub struct Archive;

@@ -17,7 +17,8 @@ use super::{owned, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_text, now_ms, Kind, SandboxRow, Write, SANDBOX_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::{keys, validate, App};
+use crate::state::App;
+use crate::{keys, validate};
 
 /// The states a caller may set; `waking` is the edge's and control's business only.
 #[derive(Clone, Copy, Deserialize, ToSchema)]

@@ -15,7 +15,8 @@ use crate::auth::TenantKey;
 use crate::credentials::{self, now_secs, ShareRow, SHARE_COLUMNS};
 use crate::db::{now_ms, Kind, Write};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::{keys, App};
+use crate::keys;
+use crate::state::App;
 
 const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 const PREFIX_LEN: usize = 12;

@@ -16,7 +16,8 @@ use crate::auth::{Admin, TenantKey};
 use crate::certificates::CertificateStatus;
 use crate::db::{self, now_ms, Kind, TenantRow, Write, TENANT_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::{keys, validate, App};
+use crate::state::App;
+use crate::{keys, validate};
 
 const MAX_RPS: u32 = 1_000_000;
 const MAX_PER_MINUTE: u32 = 100_000;

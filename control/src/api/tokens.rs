@@ -15,7 +15,8 @@ use crate::auth::{Admin, TenantKey};
 use crate::credentials::{self, now_secs, MAX_TOKEN_TTL_SECS};
 use crate::db::{Kind, Write};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::{keys, App};
+use crate::keys;
+use crate::state::App;
 
 const DEFAULT_TTL_SECS: u64 = 3600;
 

@@ -13,7 +13,7 @@ use super::ApiQuery;
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::{enum_text, now_ms};
 use crate::error::{ApiError, ApiJson, ApiResult};
-use crate::App;
+use crate::state::App;
 
 /// The acknowledgement of a usage batch.
 #[derive(Serialize, ToSchema)]

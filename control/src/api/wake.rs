@@ -19,8 +19,8 @@ use super::sandboxes::{load_owned, view, SandboxView};
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::{self, enum_text, now_ms};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::state::App;
 use crate::wake::{self, WakeError};
-use crate::App;
 
 /// Who asks for a wake: an edge (on a request for the sandbox) or the sandbox's tenant.
 pub enum Caller {

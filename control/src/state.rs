@@ -1,0 +1,37 @@
+//! The state every request handler shares: the database, the feed's change signal, keys and settings.
+
+use std::sync::Arc;
+
+use portico_wire::HostTemplate;
+use sqlx::AnyPool;
+use tokio::sync::watch;
+
+use crate::releases::ReleaseLimits;
+use crate::{dns, wake};
+
+/// State shared by every request handler.
+pub(crate) struct AppState {
+    pub pool: AnyPool,
+    pub notify: watch::Sender<u64>,
+    pub admin_key_sha256: String,
+    pub edge_token_sha256: String,
+    /// The template preview URLs are rendered with.
+    pub url_template: Option<HostTemplate>,
+    /// The template embed URLs of preview tokens are rendered with (`{port}-{sandbox}` form).
+    pub port_template: Option<HostTemplate>,
+    pub public_scheme: String,
+    pub public_port: Option<u16>,
+    pub cname_target: String,
+    pub default_rate_limits: portico_wire::RateLimits,
+    pub waker: wake::Waker,
+    /// The template deployment hosts are rendered with (`{app}.{workspace}` form).
+    pub app_template: Option<HostTemplate>,
+    /// Every host template: a custom domain must not be a host they already route.
+    pub templates: Vec<HostTemplate>,
+    /// Limits on static release archives; the archives themselves are in the database.
+    pub release_limits: ReleaseLimits,
+    /// Resolves preview-domain CNAMEs for verification.
+    pub dns: dns::Dns,
+}
+
+pub(crate) type App = Arc<AppState>;
