@@ -1,7 +1,7 @@
 //! Flags (every one also read from `PORTICO_<FLAG>`), and how each command starts its parts.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -287,8 +287,27 @@ impl Common {
     }
 }
 
-fn env_secret(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// Secrets shorter than this are refused at start-up: a short key or token can be guessed.
+const MIN_SECRET_LEN: usize = 16;
+
+/// A secret from `NAME`, else from the file `NAME_FILE` names (systemd credentials, container secrets),
+/// trailing newline trimmed; at least [`MIN_SECRET_LEN`] characters.
+fn env_secret(name: &str) -> anyhow::Result<Option<String>> {
+    let secret = match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
+        Some(v) => v.trim().to_string(),
+        None => match std::env::var_os(format!("{name}_FILE")).filter(|p| !p.is_empty()) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{name}_FILE: reading {}", Path::new(&path).display()))?;
+                text.trim_end_matches(['\r', '\n']).to_string()
+            }
+            None => return Ok(None),
+        },
+    };
+    if secret.chars().count() < MIN_SECRET_LEN {
+        bail!("{name} must be at least {MIN_SECRET_LEN} characters");
+    }
+    Ok(Some(secret))
 }
 
 fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<ControlConfig> {
@@ -305,15 +324,15 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
     Ok(ControlConfig {
         database_url,
         data_dir: a.data_dir.clone(),
-        admin_key: env_secret("PORTICO_ADMIN_KEY"),
-        edge_token: env_secret("PORTICO_EDGE_TOKEN"),
+        admin_key: env_secret("PORTICO_ADMIN_KEY")?,
+        edge_token: env_secret("PORTICO_EDGE_TOKEN")?,
         host_templates: a.common.host_templates()?,
         default_frame_ancestors: a.common.frame_ancestors(),
         public_scheme: a.public_scheme.clone(),
         public_port: public_port.or(a.public_port),
         cname_target: a.cname_target.clone(),
         wake_url: a.wake.wake_url.clone(),
-        wake_secret: env_secret("PORTICO_WAKE_SECRET"),
+        wake_secret: std::env::var("PORTICO_WAKE_SECRET").ok().filter(|v| !v.trim().is_empty()),
         wake_url_timeout: std::time::Duration::from_secs(a.wake.wake_url_timeout.max(1)),
         release_limits: portico_control::ReleaseLimits {
             max_bytes: a.releases.release_max_bytes,
@@ -365,7 +384,7 @@ fn edge_threads(threads: Option<usize>) -> usize {
 fn edge(a: EdgeArgs) -> anyhow::Result<()> {
     a.common.host_templates()?;
     let edge_token =
-        env_secret("PORTICO_EDGE_TOKEN").context("PORTICO_EDGE_TOKEN must be set for an edge")?;
+        env_secret("PORTICO_EDGE_TOKEN")?.context("PORTICO_EDGE_TOKEN must be set for an edge")?;
     let config = EdgeConfig {
         control_urls: a.control_urls,
         edge_token,

@@ -85,6 +85,28 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 }
 
 #[tokio::test]
+async fn short_secrets_are_refused_and_secret_files_are_read() {
+    let stack = Stack::start().await;
+    let url = stack.control.url.clone();
+    let (ok, text) = check(&["edge", "--control-url", &url], &[("PORTICO_EDGE_TOKEN", "short")]);
+    assert!(!ok && text.contains("at least 16 characters"), "{text}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("edge.token");
+    std::fs::write(&file, format!("{EDGE_TOKEN}\n")).expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let (ok, text) = check(
+        &["edge", "--control-url", &url],
+        &[("PORTICO_EDGE_TOKEN", ""), ("PORTICO_EDGE_TOKEN_FILE", file)],
+    );
+    assert!(ok, "the token file (trailing newline trimmed) is the edge token: {text}");
+    let (ok, text) = check(
+        &["control", "--data-dir", dir.path().to_str().expect("utf-8")],
+        &[("PORTICO_ADMIN_KEY", "tooshort")],
+    );
+    assert!(!ok && text.contains("PORTICO_ADMIN_KEY must be at least 16 characters"), "{text}");
+}
+
+#[tokio::test]
 async fn edge_check_reaches_control_and_fails_clearly_when_it_cannot() {
     let stack = Stack::start().await;
     let (ok, text) = check(&["edge", "--control-url", &stack.control.url], &[]);
@@ -92,10 +114,12 @@ async fn edge_check_reaches_control_and_fails_clearly_when_it_cannot() {
     let dead = format!("http://127.0.0.1:{}", common::free_port());
     let (ok, text) = check(&["edge", "--control-url", &dead], &[]);
     assert!(!ok && text.contains(&dead), "{text}");
-    let (ok, text) =
-        check(&["edge", "--control-url", &stack.control.url], &[("PORTICO_EDGE_TOKEN", "wrong-token")]);
+    let (ok, text) = check(
+        &["edge", "--control-url", &stack.control.url],
+        &[("PORTICO_EDGE_TOKEN", "wrong-token-0123456789")],
+    );
     assert!(!ok && text.contains("edge token"), "{text}");
-    assert_ne!(EDGE_TOKEN, "wrong-token");
+    assert_ne!(EDGE_TOKEN, "wrong-token-0123456789");
 }
 
 #[tokio::test]

@@ -88,6 +88,14 @@ async fn up_generates_the_admin_key_once_and_serves_a_preview() {
     let mut printed = String::new();
     stdout.read_to_string(&mut printed).expect("stdout");
     assert!(printed.contains(&key), "the generated admin key is printed once");
+    let token_file = data.join("edge.token");
+    let token = std::fs::read_to_string(&token_file).expect("edge token file").trim().to_string();
+    assert_eq!(std::fs::metadata(&token_file).expect("meta").permissions().mode() & 0o777, 0o600);
+    assert!(
+        token.len() >= 16 && !printed.contains(&token),
+        "only the edge token's path is printed: {printed}"
+    );
+    assert!(printed.contains(token_file.to_str().unwrap()), "{printed}");
 
     // A second start reuses the stored key and does not print it again.
     let (mut again, mut stdout) = start_up(&data);

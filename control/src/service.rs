@@ -52,8 +52,9 @@ impl Control {
             "edge.token",
             keys::random_secret,
         )?;
-        if let keys::Bootstrapped::Generated { secret, path } = &edge {
-            println!("edge token (stored in {}): {secret}", path.display());
+        // Only the path: the token itself would linger in terminal scroll-back and service logs.
+        if let keys::Bootstrapped::Generated { path, .. } = &edge {
+            println!("edge token generated, stored in {}", path.display());
         }
 
         let waker = waker(&config)?;
