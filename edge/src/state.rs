@@ -76,6 +76,7 @@ impl Snapshot {
             host_templates: Vec::new(),
             default_frame_ancestors: Vec::new(),
             default_rate_limits: wire::RateLimits::default(),
+            upstream_allow: Vec::new(),
         };
         Self {
             version: 0,
