@@ -20,7 +20,6 @@ pub struct CidrError(String);
 
 /// An IP network: the address with the host bits cleared, and the prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 #[serde(try_from = "String", into = "String")]
 pub struct Cidr {
     network: IpAddr,
