@@ -70,6 +70,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Where the edge may dial (`--upstream-allow` of control).
+    pub fn upstream_allow(&self) -> &[wire::Cidr] {
+        &self.settings.upstream_allow
+    }
+
     /// The state of an edge that has never heard from control: routes nothing.
     pub fn empty() -> Self {
         let settings = wire::Settings {
