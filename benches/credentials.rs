@@ -26,6 +26,7 @@ fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
             host_templates: wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
             default_rate_limits: Default::default(),
+            upstream_allow: Vec::new(),
         },
         tenants: vec![Tenant {
             id: "tn_a".into(),
@@ -33,6 +34,7 @@ fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
             frame_ancestors: None,
             rate_limits: Default::default(),
             preview_domain: None,
+            upstream_cidrs: None,
         }],
         sandboxes: vec![Sandbox {
             id: "abcd1234".into(),

@@ -23,6 +23,7 @@ fn wire_snapshot() -> wire::Snapshot {
             frame_ancestors: None,
             rate_limits: Default::default(),
             preview_domain: None,
+            upstream_cidrs: None,
         })
         .collect();
     let sandboxes = (0..SANDBOXES)
@@ -53,6 +54,7 @@ fn wire_snapshot() -> wire::Snapshot {
             host_templates: wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
             default_rate_limits: Default::default(),
+            upstream_allow: Vec::new(),
         },
         tenants,
         sandboxes,

@@ -70,6 +70,8 @@ struct UpArgs {
     #[command(flatten)]
     acme: AcmeArgs,
     #[command(flatten)]
+    upstream: UpstreamArgs,
+    #[command(flatten)]
     https: HttpsArgs,
     #[command(flatten)]
     releases: ReleaseArgs,
@@ -140,6 +142,11 @@ struct ControlArgs {
     #[command(flatten)]
     acme: AcmeArgs,
     #[command(flatten)]
+    upstream: UpstreamArgs,
+    /// Added to the default upstream policy (`up`: loopback); not a flag.
+    #[arg(skip)]
+    upstream_extra: &'static [&'static str],
+    #[command(flatten)]
     releases: ReleaseArgs,
     #[command(flatten)]
     limits: LimitArgs,
@@ -171,6 +178,20 @@ struct AcmeArgs {
     /// DNS server (`IP:PORT`) that preview-domain verification asks; default: the system's resolvers.
     #[arg(long, env = "PORTICO_DNS_RESOLVER", value_name = "ADDR")]
     dns_resolver: Option<SocketAddr>,
+}
+
+/// Where sandboxes and deployment instances may live (`control` and `up`).
+#[derive(Args, Debug, Clone)]
+struct UpstreamArgs {
+    /// CIDR sandboxes and deployment instances may live in (repeatable); default: the private ranges
+    /// (`up` adds loopback). Loopback and link-local are refused unless a CIDR names them.
+    #[arg(
+        long = "upstream-allow",
+        env = "PORTICO_UPSTREAM_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    upstream_allow: Vec<portico_wire::Cidr>,
 }
 
 /// HTTPS at the edge (`edge` and `up`).
@@ -310,6 +331,15 @@ fn env_secret(name: &str) -> anyhow::Result<Option<String>> {
     Ok(Some(secret))
 }
 
+/// The listed CIDRs, or the default (plus `extra`, which `up` uses for loopback) when none are.
+fn upstream_allow(a: &UpstreamArgs, extra: &[&str]) -> anyhow::Result<Vec<portico_wire::Cidr>> {
+    if !a.upstream_allow.is_empty() {
+        return Ok(a.upstream_allow.clone());
+    }
+    let defaults = portico_wire::upstream::DEFAULT_UPSTREAM_ALLOW.iter().chain(extra);
+    Ok(defaults.map(|s| s.parse()).collect::<Result<_, _>>()?)
+}
+
 fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<ControlConfig> {
     if !matches!(a.public_scheme.as_str(), "http" | "https") {
         bail!("--public-scheme must be http or https");
@@ -342,6 +372,7 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         acme_directory: a.acme.acme_directory.clone(),
         acme_ca_file: a.acme.acme_ca_file.clone(),
         dns_resolver: a.acme.dns_resolver,
+        upstream_allow: upstream_allow(&a.upstream, a.upstream_extra)?,
     })
 }
 
@@ -419,6 +450,8 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         cname_target: "edge.portico.localhost".into(),
         wake: a.wake,
         acme: a.acme,
+        upstream: a.upstream,
+        upstream_extra: portico_wire::upstream::UP_UPSTREAM_ALLOW,
         releases: a.releases,
         limits: a.limits,
         common: a.common,

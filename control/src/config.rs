@@ -36,6 +36,8 @@ pub struct ControlConfig {
     pub acme_ca_file: Option<PathBuf>,
     /// DNS server preview-domain verification asks (`--dns-resolver`); `None`: the system's.
     pub dns_resolver: Option<std::net::SocketAddr>,
+    /// Where sandboxes and deployment instances may live (`--upstream-allow`); edges get it too.
+    pub upstream_allow: Vec<portico_wire::Cidr>,
 }
 
 /// Start-up failures, each saying what to fix.

@@ -285,6 +285,8 @@ impl TenantRow {
             frame_ancestors: self.frame_ancestors()?,
             rate_limits: self.rate_limits()?,
             preview_domain: if verified { self.preview_domain.clone() } else { None },
+            // Per-tenant narrowing is not stored yet: the global policy alone applies.
+            upstream_cidrs: None,
         })
     }
 }

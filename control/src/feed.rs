@@ -117,6 +117,7 @@ async fn snapshot(conn: &mut AnyConnection, version: i64) -> ApiResult<Snapshot>
         host_templates: Vec::new(),
         default_frame_ancestors: Vec::new(),
         default_rate_limits: Default::default(),
+        upstream_allow: Vec::new(),
     });
     let tenants: Vec<TenantRow> =
         sqlx::query_as(&format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id"))

@@ -72,6 +72,7 @@ impl Control {
             host_templates: templates.iter().map(|t| t.as_str().to_string()).collect(),
             default_frame_ancestors,
             default_rate_limits: config.default_rate_limits,
+            upstream_allow: config.upstream_allow.clone(),
         };
         db::store_settings(&pool, &notify, &settings)
             .await
@@ -88,6 +89,7 @@ impl Control {
             public_port: config.public_port,
             cname_target: config.cname_target,
             default_rate_limits: config.default_rate_limits,
+            upstream_allow: config.upstream_allow.clone(),
             waker,
             app_template: templates.iter().find(|t| t.kind() == TemplateKind::Deployment).cloned(),
             release_limits: config.release_limits,

@@ -23,6 +23,8 @@ pub(crate) struct AppState {
     pub public_port: Option<u16>,
     pub cname_target: String,
     pub default_rate_limits: portico_wire::RateLimits,
+    /// Where sandboxes and deployment instances may live (`--upstream-allow`).
+    pub upstream_allow: Vec<portico_wire::Cidr>,
     pub waker: wake::Waker,
     /// The template deployment hosts are rendered with (`{app}.{workspace}` form).
     pub app_template: Option<HostTemplate>,

@@ -228,3 +228,20 @@ pub fn rate(field: &str, value: u32, max: u32) -> ApiResult<u32> {
 
 #[cfg(test)]
 mod tests;
+
+/// An address (from `address`) checked against the upstream policy: an IP literal must lie inside it; a
+/// host name passes here and is checked by the edge on every address it resolves to (SPEC §7).
+pub fn upstream_address(
+    field: &str,
+    address: &str,
+    allow: &[portico_wire::Cidr],
+    narrow: Option<&[portico_wire::Cidr]>,
+) -> ApiResult<()> {
+    match address.parse::<IpAddr>() {
+        Ok(ip) if !portico_wire::upstream::allowed(ip, allow, narrow) => Err(ApiError::invalid(
+            field,
+            format!("{ip} is outside the upstream policy (--upstream-allow, or the tenant's upstream_cidrs)"),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -170,3 +170,34 @@ async fn concurrent_writes_all_succeed_with_distinct_versions() {
     let portico_wire::FeedMessage::Snapshot { snapshot } = h.feed(0, 0).await else { panic!("snapshot") };
     assert_eq!(snapshot.sandboxes.len(), 24);
 }
+
+#[tokio::test]
+async fn loopback_and_link_local_addresses_are_refused_under_control_defaults() {
+    let h = Harness::new().await;
+    let (_, key) = h.tenant("Acme").await;
+    for address in ["127.0.0.1", "169.254.169.254", "::1", "0.0.0.0"] {
+        let (status, body) =
+            h.call(Method::POST, "/v1/sandboxes", &key, Some(json!({"address": address}))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{address}: {body}");
+        assert_eq!(common::error_code(&body), "invalid_field");
+        assert!(body.to_string().contains("address"), "{body}");
+    }
+    h.sandbox(&key, json!({"id": "fine1234", "address": "10.0.0.2"})).await;
+    let (status, body) = h
+        .call(Method::PATCH, "/v1/sandboxes/fine1234", &key, Some(json!({"address": "169.254.169.254"})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test]
+async fn loopback_is_allowed_when_the_policy_names_it() {
+    let h = Harness::with(|c| {
+        c.upstream_allow = portico_wire::upstream::parse_list(&["127.0.0.0/8"]).expect("cidr")
+    })
+    .await;
+    let (_, key) = h.tenant("Acme").await;
+    let body = h.sandbox(&key, json!({"address": "127.0.0.7"})).await;
+    assert_eq!(body["address"], "127.0.0.7");
+    let (status, _) = h.call(Method::POST, "/v1/sandboxes", &key, Some(json!({"address": "10.0.0.2"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "10/8 is no longer listed");
+}

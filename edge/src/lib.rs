@@ -19,6 +19,7 @@ pub mod route;
 pub mod state;
 pub mod statics;
 pub mod tls;
+pub mod upstream;
 pub mod usage;
 pub mod wake;
 

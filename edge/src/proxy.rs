@@ -25,6 +25,7 @@ use crate::route::{self, Route, Target};
 use crate::state::{EdgeState, Snapshot};
 use crate::statics::Releases;
 use crate::tls::HttpsRedirect;
+use crate::upstream;
 use crate::usage::Usage;
 use crate::wake::{self, Waker};
 
@@ -254,6 +255,12 @@ impl ProxyHttp for Edge {
         let mut peer = match &route.target {
             Target::Sandbox { sandbox, port } => {
                 let address = ctx.woken_address.as_deref().unwrap_or(sandbox.address.as_str());
+                // An IP literal outside the policy (e.g. a tenant narrowed after the sandbox was made).
+                if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+                    if !upstream::allowed(ip, ctx.snap.upstream_allow(), &route.tenant.tenant) {
+                        return Err(Error::explain(ConnectNoRoute, "address outside the upstream policy"));
+                    }
+                }
                 HttpPeer::new((address, *port), false, String::new())
             }
             // Round-robin over the active version's healthy instances, skipping one that refused.
@@ -263,6 +270,9 @@ impl ProxyHttp for Edge {
                     .pick(d, &ctx.attempts.tried)
                     .map_err(|_| Error::explain(ConnectNoRoute, "no healthy instance"))?;
                 ctx.attempts.tried.push(addr);
+                if !upstream::allowed(addr.ip(), ctx.snap.upstream_allow(), &route.tenant.tenant) {
+                    return Err(Error::explain(ConnectNoRoute, "instance outside the upstream policy"));
+                }
                 HttpPeer::new(addr, false, String::new())
             }
         };

@@ -70,12 +70,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Where the edge may dial (`--upstream-allow` of control).
+    pub fn upstream_allow(&self) -> &[wire::Cidr] {
+        &self.settings.upstream_allow
+    }
+
     /// The state of an edge that has never heard from control: routes nothing.
     pub fn empty() -> Self {
         let settings = wire::Settings {
             host_templates: Vec::new(),
             default_frame_ancestors: Vec::new(),
             default_rate_limits: wire::RateLimits::default(),
+            upstream_allow: Vec::new(),
         };
         Self {
             version: 0,

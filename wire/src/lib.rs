@@ -4,6 +4,7 @@ pub mod hosts;
 pub mod ids;
 pub mod snapshot;
 pub mod tokens;
+pub mod upstream;
 pub mod usage;
 
 pub use hosts::{
@@ -14,3 +15,4 @@ pub use snapshot::{
     HealthCheck, PerMinute, Preview, Rate, RateLimits, Revocation, Sandbox, SandboxState, Settings, Share,
     Snapshot, Tenant, VerifyKey, VersionTarget, Visibility, WakePolicy,
 };
+pub use upstream::{Cidr, CidrError};

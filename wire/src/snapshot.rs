@@ -93,6 +93,10 @@ pub struct Tenant {
     /// Only present once verified: an unverified domain must not route.
     #[serde(default)]
     pub preview_domain: Option<String>,
+    /// The admin's narrowing of the upstream policy for this tenant; `None`: the global policy alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
+    pub upstream_cidrs: Option<Vec<crate::Cidr>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +268,11 @@ pub struct Settings {
     /// For tenants that set none (control's `--default-*` flags).
     #[serde(default)]
     pub default_rate_limits: RateLimits,
+    /// Where edges may dial (`--upstream-allow`). A state file from before the policy existed gets
+    /// `control`'s default rather than nothing, so an upgraded edge still serves private-range sandboxes.
+    #[serde(default = "crate::upstream::default_allow")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub upstream_allow: Vec<crate::Cidr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -209,6 +209,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateSandbox>,
 ) -> ApiResult<Response> {
     let address = validate::address(&body.address)?;
+    validate::upstream_address("address", &address, &app.upstream_allow, None)?;
     let external_user_id = external("external_user_id", body.external_user_id)?;
     let external_project_id = external("external_project_id", body.external_project_id)?;
     let metadata = body.metadata.filter(|m| !m.is_null()).map(|m| validate::metadata(&m)).transpose()?;
@@ -363,6 +364,9 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateSandbox>,
 ) -> ApiResult<Json<SandboxView>> {
     let address = body.address.map(|a| validate::address(&a)).transpose()?;
+    if let Some(a) = &address {
+        validate::upstream_address("address", a, &app.upstream_allow, None)?;
+    }
     let external_user_id = body.external_user_id.map(|v| external("external_user_id", v)).transpose()?;
     let external_project_id =
         body.external_project_id.map(|v| external("external_project_id", v)).transpose()?;

@@ -20,6 +20,7 @@ pub struct Harness {
 
 pub fn config(dir: &std::path::Path) -> ControlConfig {
     ControlConfig {
+        upstream_allow: portico_wire::upstream::default_allow(),
         database_url: format!("sqlite://{}/db/portico.db?mode=rwc", dir.display()),
         data_dir: dir.to_path_buf(),
         admin_key: Some(ADMIN.into()),
@@ -42,8 +43,15 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
 
 impl Harness {
     pub async fn new() -> Harness {
+        Self::with(|_| ()).await
+    }
+
+    /// A control whose configuration `adjust` changed from the tests' default.
+    pub async fn with(adjust: impl FnOnce(&mut ControlConfig)) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let control = Control::start(config(dir.path())).await.expect("control starts");
+        let mut config = config(dir.path());
+        adjust(&mut config);
+        let control = Control::start(config).await.expect("control starts");
         let router = control.router();
         Harness { control, router, dir }
     }

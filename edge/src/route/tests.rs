@@ -8,6 +8,7 @@ fn snap() -> Snapshot {
         frame_ancestors: None,
         rate_limits: Default::default(),
         preview_domain: domain.map(Into::into),
+        upstream_cidrs: None,
     };
     let sandbox = |id: &str, tenant: &str| Sandbox {
         id: id.into(),
@@ -25,6 +26,7 @@ fn snap() -> Snapshot {
             host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec![],
             default_rate_limits: Default::default(),
+            upstream_allow: Vec::new(),
         },
         tenants: vec![tenant("tn_a", Some("preview.acme.dev")), tenant("tn_b", None)],
         sandboxes: vec![sandbox("sbxa0001", "tn_a"), sandbox("sbxb0001", "tn_b")],

@@ -8,6 +8,7 @@ fn wire_snapshot() -> wire::Snapshot {
             host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
             default_frame_ancestors: vec!["'self'".into()],
             default_rate_limits: Default::default(),
+            upstream_allow: Vec::new(),
         },
         tenants: vec![Tenant {
             id: "tn_a".into(),
@@ -15,6 +16,7 @@ fn wire_snapshot() -> wire::Snapshot {
             frame_ancestors: Some(vec!["https://app.example.com".into()]),
             rate_limits: Default::default(),
             preview_domain: None,
+            upstream_cidrs: None,
         }],
         sandboxes: vec![Sandbox {
             id: "abcd1234".into(),
