@@ -79,7 +79,10 @@ pub async fn wanted_hostnames(conn: &mut AnyConnection) -> ApiResult<Vec<String>
 
 /// Custom domains of deployments. Tolerant of a database where that table does not exist (yet).
 async fn deployment_domains(conn: &mut AnyConnection) -> Vec<String> {
-    match sqlx::query_scalar("SELECT hostname FROM deployment_domains").fetch_all(conn).await {
+    match sqlx::query_scalar("SELECT hostname FROM deployment_domains WHERE verified_at IS NOT NULL")
+        .fetch_all(conn)
+        .await
+    {
         Ok(names) => names,
         Err(e) => {
             tracing::debug!(error = %e, "no deployment domains to certify");

@@ -76,6 +76,27 @@ pub async fn domains(conn: &mut AnyConnection, deployment_id: &str) -> ApiResult
     .await?)
 }
 
+/// A custom domain with its ownership proof: the TXT value asked for, and when it was found.
+#[derive(Debug, sqlx::FromRow)]
+pub struct DomainRow {
+    pub deployment_id: String,
+    pub verification_value: String,
+    pub verified_at: Option<i64>,
+}
+
+pub const DOMAIN_COLUMNS: &str = "deployment_id, verification_value, verified_at";
+
+pub async fn domain(conn: &mut AnyConnection, hostname: &str) -> ApiResult<Option<DomainRow>> {
+    let sql = format!("SELECT {DOMAIN_COLUMNS} FROM deployment_domains WHERE hostname = $1");
+    Ok(sqlx::query_as(&sql).bind(hostname).fetch_optional(conn).await?)
+}
+
+/// Splits `(hostname, verified)` rows into the routed and the not-yet-proven hosts.
+fn split(rows: impl IntoIterator<Item = (String, bool)>) -> (Vec<String>, Vec<String>) {
+    let (verified, unverified): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, v)| *v);
+    (verified.into_iter().map(|(h, _)| h).collect(), unverified.into_iter().map(|(h, _)| h).collect())
+}
+
 /// The edge's record of one deployment, or `None` when it is gone.
 pub async fn wire_deployment(conn: &mut AnyConnection, id: &str) -> ApiResult<Option<wire::Deployment>> {
     let Some(row) = deployment(&mut *conn, id).await? else { return Ok(None) };
@@ -83,13 +104,20 @@ pub async fn wire_deployment(conn: &mut AnyConnection, id: &str) -> ApiResult<Op
         Some(v) => version(&mut *conn, v).await?.map(|v| v.to_active()).transpose()?,
         None => None,
     };
-    let domains = domains(conn, id).await?;
+    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT hostname, verified_at FROM deployment_domains WHERE deployment_id = $1 ORDER BY hostname",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    let (domains, unverified_domains) = split(rows.into_iter().map(|(h, v)| (h, v.is_some())));
     Ok(Some(wire::Deployment {
         id: row.id,
         tenant_id: row.tenant_id,
         app: row.name,
         workspace: row.workspace,
         domains,
+        unverified_domains,
         active,
     }))
 }
@@ -107,19 +135,22 @@ pub async fn all(conn: &mut AnyConnection) -> ApiResult<Vec<wire::Deployment>> {
     .fetch_all(&mut *conn)
     .await?;
     let mut active: HashMap<String, VersionRow> = active.into_iter().map(|v| (v.id.clone(), v)).collect();
-    let domain_rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT hostname, deployment_id FROM deployment_domains ORDER BY hostname")
-            .fetch_all(&mut *conn)
-            .await?;
-    let mut domains: HashMap<String, Vec<String>> = HashMap::new();
-    for (host, deployment) in domain_rows {
-        domains.entry(deployment).or_default().push(host);
+    let domain_rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+        "SELECT hostname, deployment_id, verified_at FROM deployment_domains ORDER BY hostname",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut domains: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+    for (host, deployment, verified_at) in domain_rows {
+        domains.entry(deployment).or_default().push((host, verified_at.is_some()));
     }
     rows.into_iter()
         .map(|row| {
             let active = row.active_version_id.as_ref().and_then(|v| active.remove(v)).map(|v| v.to_active());
+            let (domains, unverified_domains) = split(domains.remove(&row.id).unwrap_or_default());
             Ok(wire::Deployment {
-                domains: domains.remove(&row.id).unwrap_or_default(),
+                domains,
+                unverified_domains,
                 active: active.transpose()?,
                 id: row.id,
                 tenant_id: row.tenant_id,

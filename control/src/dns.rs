@@ -60,4 +60,32 @@ impl Dns {
             Err(format!("{hostname} is a CNAME to {}, not to {want}", found.join(", ")))
         }
     }
+
+    /// `Ok(())` when a TXT record at `name` holds exactly `value`; otherwise what was found, for the tenant.
+    pub async fn check_txt(&self, name: &str, value: &str) -> Result<(), String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let missing = || format!("{name} has no TXT record; add {name} TXT \"{value}\"");
+        let lookup = self.resolver()?.lookup(fqdn.as_str(), RecordType::TXT).await.map_err(|_| missing())?;
+        let found: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                // A TXT record may be split in several strings; they form one value.
+                RData::TXT(t) => {
+                    Some(t.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect::<String>())
+                }
+                _ => None,
+            })
+            .collect();
+        if found.iter().any(|f| f == value) {
+            Ok(())
+        } else if found.is_empty() {
+            Err(missing())
+        } else {
+            Err(format!(
+                "{name} holds TXT {}, not \"{value}\"",
+                found.iter().map(|f| format!("\"{f}\"")).collect::<Vec<_>>().join(", ")
+            ))
+        }
+    }
 }

@@ -6,6 +6,9 @@
 pub enum EdgeError {
     #[error("There is nothing here. The preview may have been deleted or the address mistyped.")]
     NotFound,
+    /// A custom domain whose owner has not yet proven it with its TXT record: not routed.
+    #[error("This domain is not verified yet. Its owner must add the TXT record Portico asked for.")]
+    DomainUnverified,
     #[error("This preview is private. Open it from the app that shared it, or add a valid token.")]
     TokenRequired,
     #[error("The token is not valid for this preview.")]
@@ -39,6 +42,7 @@ impl EdgeError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
+            Self::DomainUnverified => "domain_unverified",
             Self::TokenRequired => "token_required",
             Self::TokenInvalid => "token_invalid",
             Self::TokenExpired => "token_expired",
@@ -56,7 +60,7 @@ impl EdgeError {
 
     pub fn status(&self) -> u16 {
         match self {
-            Self::NotFound => 404,
+            Self::NotFound | Self::DomainUnverified => 404,
             Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired | Self::SharePassword { .. } => 401,
             Self::RateLimited { .. } => 429,
             Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => 503,
@@ -70,6 +74,7 @@ impl EdgeError {
     pub fn title(&self) -> &'static str {
         match self {
             Self::NotFound => "Not found",
+            Self::DomainUnverified => "Domain not verified",
             Self::TokenRequired => "Sign-in required",
             Self::TokenInvalid => "Access denied",
             Self::TokenExpired => "Link expired",

@@ -95,6 +95,9 @@ pub fn resolve(snap: &Snapshot, raw_host: &str) -> Result<Route, EdgeError> {
             if let Some(id) = snap.deployment_domains.get(host.as_ref()) {
                 return deployment(snap, Some(id));
             }
+            if snap.unverified_domains.contains_key(host.as_ref()) {
+                return Err(EdgeError::DomainUnverified);
+            }
             // `{slug}.<verified tenant preview domain>`
             let (slug, domain) = host.split_once('.').ok_or(EdgeError::NotFound)?;
             let tenant_id = snap.preview_domains.get(domain).ok_or(EdgeError::NotFound)?;

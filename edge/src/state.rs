@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub deployment_apps: Map<Arc<str>>,
     /// Custom domains (exact hosts) → deployment id.
     pub deployment_domains: Map<Arc<str>>,
+    /// Custom domains not yet proven by their TXT record → deployment id: answered 404 `domain_unverified`.
+    pub unverified_domains: Map<Arc<str>>,
     /// Certificates from control by hostname, behind an `Arc` so the TLS watcher sees whether they changed
     /// by comparing pointers.
     pub certificates: Arc<Map<Arc<wire::Certificate>>>,
@@ -101,6 +103,7 @@ impl Snapshot {
             deployments: Map::default(),
             deployment_apps: Map::default(),
             deployment_domains: Map::default(),
+            unverified_domains: Map::default(),
             certificates: Arc::default(),
             acme_challenges: Map::default(),
         }
@@ -311,6 +314,9 @@ impl Snapshot {
         for host in &deployment.domains {
             self.deployment_domains.insert(host.as_str().into(), id.clone());
         }
+        for host in &deployment.unverified_domains {
+            self.unverified_domains.insert(host.as_str().into(), id.clone());
+        }
         self.deployments.insert(id, Arc::new(deployment));
     }
 
@@ -324,6 +330,11 @@ impl Snapshot {
             for host in &old.domains {
                 if self.deployment_domains.get(host.as_str()).is_some_and(|d| **d == *id) {
                     self.deployment_domains.remove(host.as_str());
+                }
+            }
+            for host in &old.unverified_domains {
+                if self.unverified_domains.get(host.as_str()).is_some_and(|d| **d == *id) {
+                    self.unverified_domains.remove(host.as_str());
                 }
             }
         }

@@ -223,8 +223,12 @@ pub struct Deployment {
     pub tenant_id: String,
     pub app: String,
     pub workspace: String,
+    /// Verified custom domains: routed.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Custom domains whose ownership is not proven yet: the edge answers 404 `domain_unverified`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unverified_domains: Vec<String>,
     /// `None` until a version is promoted: the host answers 404.
     #[serde(default)]
     pub active: Option<ActiveVersion>,

@@ -125,10 +125,34 @@ pub struct DomainView {
     certificate: Option<CertificateStatus>,
 }
 
-/// A custom domain as added.
+/// A custom domain as added: it routes once `verification` is found in DNS.
 #[derive(Serialize, ToSchema)]
 pub struct DomainAdded {
     hostname: String,
+    /// `pending` or `verified`.
+    status: &'static str,
+    verification: Verification,
+}
+
+/// The TXT record that proves a custom domain is the tenant's.
+#[derive(Serialize, ToSchema)]
+pub struct Verification {
+    /// Always `TXT`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// `_portico-challenge.<hostname>`
+    name: String,
+    value: String,
+}
+
+impl DomainAdded {
+    fn new(hostname: String, value: String, verified: bool) -> Self {
+        Self {
+            verification: Verification { kind: "TXT", name: format!("_portico-challenge.{hostname}"), value },
+            hostname,
+            status: if verified { "verified" } else { "pending" },
+        }
+    }
 }
 
 fn hostname(app: &App, row: &DeploymentRow) -> String {
@@ -559,36 +583,128 @@ pub async fn add_domain(
     }
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;
-    let taken: Option<String> =
-        sqlx::query_scalar("SELECT deployment_id FROM deployment_domains WHERE hostname = $1")
-            .bind(&host)
-            .fetch_optional(write.conn())
-            .await?;
-    let preview_domain: Option<String> =
-        sqlx::query_scalar("SELECT id FROM tenants WHERE preview_domain = $1")
-            .bind(&host)
-            .fetch_optional(write.conn())
-            .await?;
-    match taken {
-        Some(owner) if owner == id => {
-            return Ok((StatusCode::OK, Json(DomainAdded { hostname: host })).into_response())
+    // Another tenant's verified preview domain routes every name under it to that tenant (its wildcard DNS
+    // points at the edges): a name there is theirs, whoever asks first.
+    let preview_domains: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, preview_domain, preview_domain_status FROM tenants WHERE preview_domain IS NOT NULL",
+    )
+    .fetch_all(write.conn())
+    .await?;
+    for (tenant, domain, status) in &preview_domains {
+        let under = host == *domain || host.ends_with(&format!(".{domain}"));
+        let verified = status.as_deref() == Some("verified");
+        if under && (host == *domain || (verified && *tenant != key.tenant_id)) {
+            return Err(ApiError::Conflict(format!("{host} is already in use")));
         }
-        Some(_) => return Err(ApiError::Conflict(format!("{host} is already in use"))),
-        None if preview_domain.is_some() => {
-            return Err(ApiError::Conflict(format!("{host} is already in use")))
-        }
-        None => {}
     }
-    sqlx::query("INSERT INTO deployment_domains (hostname, deployment_id, tenant_id, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&host)
-        .bind(&id)
-        .bind(&key.tenant_id)
-        .bind(now_ms())
-        .execute(write.conn())
-        .await?;
+    if let Some(existing) = deployments::domain(write.conn(), &host).await? {
+        if existing.deployment_id != id {
+            return Err(ApiError::Conflict(format!("{host} is already in use")));
+        }
+        // Added before ownership proofs existed: it gets a value to prove now.
+        let value = if existing.verification_value.is_empty() {
+            let value = new_verification_value();
+            sqlx::query("UPDATE deployment_domains SET verification_value = $1 WHERE hostname = $2")
+                .bind(&value)
+                .bind(&host)
+                .execute(write.conn())
+                .await?;
+            write.commit(&app.notify).await?;
+            value
+        } else {
+            existing.verification_value
+        };
+        let added = DomainAdded::new(host, value, existing.verified_at.is_some());
+        return Ok((StatusCode::OK, Json(added)).into_response());
+    }
+    let value = new_verification_value();
+    // `.localhost` names resolve to loopback only: nobody else's, nothing to prove (local try-outs).
+    let verified_at = (host == "localhost" || host.ends_with(".localhost")).then(now_ms);
+    sqlx::query(
+        "INSERT INTO deployment_domains (hostname, deployment_id, tenant_id, created_at, verification_value, verified_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&host)
+    .bind(&id)
+    .bind(&key.tenant_id)
+    .bind(now_ms())
+    .bind(&value)
+    .bind(verified_at)
+    .execute(write.conn())
+    .await?;
     write.touch(Kind::Deployment, &id);
     write.commit(&app.notify).await?;
-    Ok((StatusCode::CREATED, Json(DomainAdded { hostname: host })).into_response())
+    Ok((StatusCode::CREATED, Json(DomainAdded::new(host, value, verified_at.is_some()))).into_response())
+}
+
+fn new_verification_value() -> String {
+    format!("portico-{}", keys::random_alnum(32))
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "deployments_verify_domain",
+    path = "/v1/deployments/{id}/domains/{hostname}/verify",
+    tag = "deployments",
+    summary = "Verify a custom domain by its TXT record",
+    description = "Looks up `_portico-challenge.<hostname>` TXT (through `--dns-resolver` when set). Once it \
+                   holds the value given when the domain was added, the domain routes and gets a certificate.",
+    security(("tenant_key" = [])),
+    params(
+        ("id" = String, Path, description = "The deployment's id (`dp_…`)"),
+        ("hostname" = String, Path, description = "The custom domain"),
+    ),
+    responses(
+        (status = 200, description = "Verified", body = DomainAdded),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`not_verified`: the TXT record does not hold the value (the message says what was found)"),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn verify_domain(
+    State(app): State<App>,
+    key: TenantKey,
+    Path((id, hostname)): Path<(String, String)>,
+) -> ApiResult<Json<DomainAdded>> {
+    let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+    let domain = {
+        let mut read = crate::db::begin_read(&app.pool).await?;
+        load_owned(&mut *read, &key.tenant_id, &id).await?;
+        deployments::domain(&mut *read, &host).await?
+    };
+    let Some(domain) = domain.filter(|d| d.deployment_id == id) else {
+        return Err(ApiError::not_found("domain"));
+    };
+    if domain.verified_at.is_some() {
+        return Ok(Json(DomainAdded::new(host, domain.verification_value, true)));
+    }
+    if domain.verification_value.is_empty() {
+        return Err(ApiError::NotVerified(format!(
+            "{host} was added before ownership proofs: add it again (POST /v1/deployments/{id}/domains) for a value"
+        )));
+    }
+    // The lookup runs outside any transaction: DNS may take seconds.
+    let name = format!("_portico-challenge.{host}");
+    app.dns.check_txt(&name, &domain.verification_value).await.map_err(ApiError::NotVerified)?;
+    let mut write = Write::begin(&app.pool).await?;
+    let done = sqlx::query(
+        "UPDATE deployment_domains SET verified_at = $1 \
+         WHERE hostname = $2 AND deployment_id = $3 AND verification_value = $4",
+    )
+    .bind(now_ms())
+    .bind(&host)
+    .bind(&id)
+    .bind(&domain.verification_value)
+    .execute(write.conn())
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("domain"));
+    }
+    write.touch(Kind::Deployment, &id);
+    write.commit(&app.notify).await?;
+    Ok(Json(DomainAdded::new(host, domain.verification_value, true)))
 }
 
 #[utoipa::path(

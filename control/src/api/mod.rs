@@ -65,6 +65,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(deployments::create_version))
         .routes(routes!(deployments::promote))
         .routes(routes!(deployments::add_domain))
+        .routes(routes!(deployments::verify_domain))
         .routes(routes!(deployments::delete_domain))
         .routes(routes!(releases::upload))
         .routes(routes!(usage::show))
