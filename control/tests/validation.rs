@@ -130,6 +130,18 @@ async fn unknown_missing_or_mistyped_fields_are_422() {
     }
 }
 
+/// The wire types edges read ignore unknown fields (mixed versions); the API bodies built from them must not.
+#[tokio::test]
+async fn a_typo_inside_a_nested_rate_limit_is_422() {
+    let h = Harness::new().await;
+    let (_, key) = h.tenant("Acme").await;
+    let body = json!({"public_per_ip": {"rps": 1, "brust": 1}, "private_per_token": {"rps": 1, "burst": 1},
+                      "auth_failures_per_ip": {"per_minute": 1}});
+    let (status, err) = h.call(Method::PUT, "/v1/tenant/rate-limits", &key, Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(error_message(&err).contains("brust"), "{err}");
+}
+
 #[tokio::test]
 async fn unknown_routes_and_bad_queries_answer_json() {
     let h = Harness::new().await;

@@ -32,7 +32,6 @@ pub enum WakePolicy {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Branding {
     pub logo_url: String,
     pub accent_color: String,
@@ -44,7 +43,6 @@ pub struct Branding {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Rate {
     pub rps: u32,
     pub burst: u32,
@@ -52,14 +50,12 @@ pub struct Rate {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct PerMinute {
     pub per_minute: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RateLimits {
     pub public_per_ip: Rate,
     pub private_per_token: Rate,
@@ -79,7 +75,6 @@ impl Default for RateLimits {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Tenant {
     pub id: String,
     #[serde(default)]
@@ -101,7 +96,6 @@ pub struct Tenant {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Sandbox {
     pub id: String,
     pub tenant_id: String,
@@ -119,7 +113,6 @@ pub struct Sandbox {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Preview {
     pub id: String,
     pub slug: String,
@@ -132,7 +125,6 @@ pub struct Preview {
 /// A public key edges verify `mp_` preview tokens with, named by the `kid` in each token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct VerifyKey {
     pub kid: String,
     /// Ed25519 public key, base64url without padding.
@@ -142,7 +134,6 @@ pub struct VerifyKey {
 /// A revoked preview token, kept until it would have expired anyway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Revocation {
     pub jti: String,
     /// Unix seconds.
@@ -152,7 +143,6 @@ pub struct Revocation {
 /// A share link (`ms_` token) of one preview, known to edges by the token's SHA-256 only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Share {
     pub id: String,
     pub tenant_id: String,
@@ -171,7 +161,7 @@ pub struct Share {
 /// a moment ago).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CredentialLookup {
     Share { share: Share },
     PreviewAuth { sandbox_id: String },
@@ -181,7 +171,6 @@ pub enum CredentialLookup {
 /// there is no path, every `interval_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default)]
     pub path: Option<String>,
@@ -191,7 +180,7 @@ pub struct HealthCheck {
 /// What a deployment version serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VersionTarget {
     /// Load-balanced instances (`ip:port`).
     Runtime {
@@ -206,7 +195,6 @@ pub enum VersionTarget {
 /// The version a deployment serves now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct ActiveVersion {
     pub id: String,
     pub number: u64,
@@ -217,7 +205,6 @@ pub struct ActiveVersion {
 /// custom domains (exact hosts).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Deployment {
     pub id: String,
     pub tenant_id: String,
@@ -238,7 +225,6 @@ pub struct Deployment {
 /// by ACME. `hostname` names the record (`*.example.app` for a wildcard).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub hostname: String,
     /// Full chain, leaf first.
@@ -256,7 +242,6 @@ impl std::fmt::Debug for Certificate {
 /// An ACME HTTP-01 challenge any edge answers at `/.well-known/acme-challenge/{token}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct AcmeChallenge {
     pub token: String,
     pub key_authorization: String,
@@ -265,7 +250,6 @@ pub struct AcmeChallenge {
 /// Settings that come from control's command line rather than the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub host_templates: Vec<String>,
     pub default_frame_ancestors: Vec<String>,
@@ -281,7 +265,6 @@ pub struct Settings {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub version: u64,
     pub settings: Settings,
@@ -305,7 +288,7 @@ pub struct Snapshot {
 /// One change to the state, carrying the object's whole current value (or its deletion).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
     Settings { settings: Settings },
     UpsertTenant { tenant: Tenant },
@@ -333,7 +316,7 @@ pub enum Change {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum FeedMessage {
     /// The whole state at `snapshot.version`: the first answer, or when the edge is too far behind.
     Snapshot { snapshot: Snapshot },
@@ -369,9 +352,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<FeedMessage>(&json).expect("parse"), msg);
     }
 
+    /// Control is upgraded before its edges, so an edge must take a change carrying a field it does not know.
     #[test]
-    fn unknown_fields_are_rejected() {
-        let err = serde_json::from_str::<Change>(r#"{"op":"delete_tenant","id":"x","extra":1}"#);
-        assert!(err.is_err());
+    fn unknown_fields_are_ignored() {
+        let change = serde_json::from_str::<Change>(r#"{"op":"delete_tenant","id":"x","extra":1}"#);
+        assert_eq!(change.expect("parses"), Change::DeleteTenant { id: "x".into() });
     }
 }

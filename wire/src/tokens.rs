@@ -21,7 +21,6 @@ pub const MAX_TOKEN_LEN: usize = 2048;
 
 /// What an `mp_` token grants.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PreviewClaims {
     /// The signing key's id.
     pub kid: String,

@@ -335,6 +335,29 @@ pub async fn put_frame_ancestors(
     update_column(&app, &key.tenant_id, "frame_ancestors", json_text(&sources)?).await
 }
 
+/// The body of `PUT /v1/tenant/rate-limits`: the wire `RateLimits` accepts unknown fields (so older edges
+/// take a newer control's feed), but a typo in an API request must still be a 422.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutRateLimits {
+    public_per_ip: RateBody,
+    private_per_token: RateBody,
+    auth_failures_per_ip: PerMinuteBody,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateBody {
+    rps: u32,
+    burst: u32,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerMinuteBody {
+    per_minute: u32,
+}
+
 #[utoipa::path(
     put,
     operation_id = "tenants_put_rate_limits",
@@ -342,7 +365,7 @@ pub async fn put_frame_ancestors(
     tag = "tenants",
     summary = "Set the tenant's rate limits",
     security(("tenant_key" = [])),
-    request_body = RateLimits,
+    request_body = PutRateLimits,
     responses(
         (status = 200, description = "The tenant, updated", body = TenantView),
         (status = 400, response = BadRequest),
@@ -357,9 +380,9 @@ pub async fn put_frame_ancestors(
 pub async fn put_rate_limits(
     State(app): State<App>,
     key: TenantKey,
-    ApiJson(body): ApiJson<RateLimits>,
+    ApiJson(body): ApiJson<PutRateLimits>,
 ) -> ApiResult<Json<TenantView>> {
-    let rate = |field: &str, r: Rate| -> ApiResult<Rate> {
+    let rate = |field: &str, r: RateBody| -> ApiResult<Rate> {
         Ok(Rate {
             rps: validate::rate(&format!("{field}.rps"), r.rps, MAX_RPS)?,
             burst: validate::rate(&format!("{field}.burst"), r.burst, MAX_RPS)?,

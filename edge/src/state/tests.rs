@@ -93,3 +93,38 @@ fn a_bad_template_from_control_is_an_error_not_a_panic() {
     w.settings.host_templates = vec!["{nope}.x".into()];
     assert!(Snapshot::from_wire(w).is_err());
 }
+
+/// Control is upgraded before its edges: a field this edge does not know yet, at any level of a feed
+/// answer, must not stop it taking the change.
+#[test]
+fn a_change_with_a_field_added_by_a_newer_control_still_applies() {
+    let old = Snapshot::from_wire(wire_snapshot()).expect("compiles");
+    let json = r#"{"type":"changes","version":4,"added_to_message":1,"changes":[
+        {"op":"upsert_sandbox","added_to_change":true,"sandbox":{
+            "id":"efgh5678","tenant_id":"tn_a","address":"127.0.0.3","state":"running",
+            "default_visibility":"public","wake_policy":"on_request","added_to_sandbox":{"x":1}}}]}"#;
+    let Ok(wire::FeedMessage::Changes { version, changes }) = serde_json::from_str::<wire::FeedMessage>(json)
+    else {
+        panic!("a feed answer with unknown fields must parse");
+    };
+    let new = old.apply(version, changes).expect("applies");
+    assert_eq!(new.sandboxes["efgh5678"].address, "127.0.0.3");
+    assert!(new.sandboxes.contains_key("abcd1234"));
+}
+
+#[test]
+fn a_snapshot_with_fields_added_by_a_newer_control_still_compiles() {
+    let mut value =
+        serde_json::to_value(wire::FeedMessage::Snapshot { snapshot: wire_snapshot() }).expect("json");
+    value["snapshot"]["added_to_snapshot"] = 1.into();
+    value["snapshot"]["settings"]["added_to_settings"] = "x".into();
+    value["snapshot"]["tenants"][0]["added_to_tenant"] = true.into();
+    value["snapshot"]["previews"][0]["added_to_preview"] = 2.into();
+    let Ok(wire::FeedMessage::Snapshot { snapshot }) = serde_json::from_value::<wire::FeedMessage>(value)
+    else {
+        panic!("a snapshot with unknown fields must parse");
+    };
+    let s = Snapshot::from_wire(snapshot).expect("compiles");
+    assert!(s.previews.contains_key("slug0001"));
+    assert!(s.sandboxes.contains_key("abcd1234"));
+}
