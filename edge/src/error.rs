@@ -28,6 +28,9 @@ pub enum EdgeError {
     SandboxHibernated,
     #[error("Nothing is listening on port {port} yet.")]
     UpstreamUnreachable { port: u16 },
+    /// Something answered, but not in HTTP: the port is bound by a program that is not a web server.
+    #[error("The program on port {port} did not answer in HTTP. Is a web server listening there?")]
+    UpstreamBadResponse { port: u16 },
     #[error("The app on port {port} did not answer in time.")]
     UpstreamTimeout { port: u16 },
     #[error("The request could not be understood.")]
@@ -53,6 +56,7 @@ impl EdgeError {
             Self::SandboxHibernated => "sandbox_hibernated",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamBadResponse { .. } => "upstream_bad_response",
             Self::BadRequest => "bad_request",
             Self::AppUnavailable => "upstream_unreachable",
         }
@@ -64,7 +68,7 @@ impl EdgeError {
             Self::TokenRequired | Self::TokenInvalid | Self::TokenExpired | Self::SharePassword { .. } => 401,
             Self::RateLimited { .. } => 429,
             Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => 503,
-            Self::UpstreamUnreachable { .. } | Self::AppUnavailable => 502,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamBadResponse { .. } | Self::AppUnavailable => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::BadRequest => 400,
         }
@@ -83,6 +87,7 @@ impl EdgeError {
             Self::WakeTimeout | Self::WakeFailed | Self::SandboxHibernated => "Sandbox unavailable",
             Self::UpstreamUnreachable { .. } => "Starting up",
             Self::UpstreamTimeout { .. } => "Timed out",
+            Self::UpstreamBadResponse { .. } => "Bad answer",
             Self::BadRequest => "Bad request",
             Self::AppUnavailable => "Unavailable",
         }
@@ -93,6 +98,7 @@ impl EdgeError {
         use pingora::ErrorType::*;
         match e.etype() {
             ConnectTimedout | ReadTimedout | WriteTimedout => Self::UpstreamTimeout { port },
+            InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => Self::UpstreamBadResponse { port },
             _ => Self::UpstreamUnreachable { port },
         }
     }

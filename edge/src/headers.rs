@@ -11,7 +11,7 @@ pub fn frame_ancestors_directive(sources: &[String]) -> String {
     format!("frame-ancestors {}", sources.join(" "))
 }
 
-/// Replaces the `frame-ancestors` directive of one CSP header value, keeping every other directive.
+/// Replaces the `frame-ancestors` directive of one policy, keeping every other directive.
 pub fn merge_csp(upstream: &str, frame_ancestors: &str) -> String {
     let mut kept: Vec<&str> = upstream
         .split(';')
@@ -26,6 +26,12 @@ pub fn merge_csp(upstream: &str, frame_ancestors: &str) -> String {
     kept.join("; ")
 }
 
+/// One CSP header value may hold a comma-separated list of policies, each enforced on its own: every one
+/// of them ends with the tenant's directive, so none can allow a wider set of embedders.
+pub fn merge_csp_list(upstream: &str, frame_ancestors: &str) -> String {
+    upstream.split(',').map(|policy| merge_csp(policy, frame_ancestors)).collect::<Vec<_>>().join(", ")
+}
+
 /// Sets the tenant's `frame-ancestors` on a proxied response and drops `X-Frame-Options`, which would
 /// otherwise block the embedding the tenant allowed.
 pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &str) -> pingora::Result<()> {
@@ -33,27 +39,55 @@ pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &str) -> p
         .headers
         .get_all(http::header::CONTENT_SECURITY_POLICY)
         .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
     resp.remove_header(&http::header::CONTENT_SECURITY_POLICY);
     resp.remove_header(&http::header::X_FRAME_OPTIONS);
     if existing.is_empty() {
         return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors);
     }
-    // Every policy is enforced on its own, so the directive goes from all of them and into the first.
-    for (i, value) in existing.iter().enumerate() {
-        let merged = if i == 0 {
-            merge_csp(value, frame_ancestors)
-        } else {
-            let without = merge_csp(value, "");
-            without.trim_end_matches("; ").trim_end().to_string()
-        };
-        if !merged.is_empty() {
-            resp.append_header(http::header::CONTENT_SECURITY_POLICY, merged)?;
+    for value in &existing {
+        resp.append_header(http::header::CONTENT_SECURITY_POLICY, merge_csp_list(value, frame_ancestors))?;
+    }
+    Ok(())
+}
+
+/// A sandbox's cookies stay on its own host: `Domain` is dropped (so one sandbox cannot set cookies for
+/// its siblings under the preview domain), and a cookie named like the edge's session is not set at all.
+pub fn sanitize_set_cookies(resp: &mut ResponseHeader, session_cookie: &str) -> pingora::Result<()> {
+    let existing: Vec<Vec<u8>> =
+        resp.headers.get_all(http::header::SET_COOKIE).iter().map(|v| v.as_bytes().to_vec()).collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    resp.remove_header(&http::header::SET_COOKIE);
+    for value in existing {
+        let value = String::from_utf8_lossy(&value);
+        if let Some(kept) = host_only_cookie(&value, session_cookie) {
+            resp.append_header(http::header::SET_COOKIE, kept)?;
         }
     }
     Ok(())
 }
+
+/// One `Set-Cookie` value without its `Domain` attribute, or `None` when it would set the session cookie.
+pub fn host_only_cookie(value: &str, session_cookie: &str) -> Option<String> {
+    let mut parts = value.split(';');
+    let pair = parts.next().unwrap_or_default();
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+    if name.eq_ignore_ascii_case(session_cookie) {
+        return None;
+    }
+    let mut out = vec![pair.trim()];
+    out.extend(parts.map(str::trim).filter(|a| {
+        let attr = a.split_once('=').map_or(*a, |(n, _)| n).trim();
+        !a.is_empty() && !attr.eq_ignore_ascii_case("domain")
+    }));
+    Some(out.join("; "))
+}
+
+/// Client headers that claim to say who the client is: only the edge's own `X-Forwarded-*` may.
+const CLIENT_FORWARDING: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-port"];
 
 /// Adds `X-Forwarded-For/Proto/Host`. The client's own `X-Forwarded-For` is replaced, not extended: the
 /// edge is the first hop a sandbox can trust.
@@ -63,6 +97,9 @@ pub fn add_forwarded(
     proto: &str,
     host: &str,
 ) -> pingora::Result<()> {
+    for name in CLIENT_FORWARDING {
+        req.remove_header(name);
+    }
     req.insert_header("x-forwarded-for", client_ip)?;
     req.insert_header("x-forwarded-proto", proto)?;
     req.insert_header("x-forwarded-host", host)?;
@@ -108,7 +145,10 @@ mod tests {
             .collect();
         assert_eq!(
             csp,
-            vec!["default-src 'self'; frame-ancestors https://app.example.com", "img-src 'self'"]
+            vec![
+                "default-src 'self'; frame-ancestors https://app.example.com",
+                "img-src 'self'; frame-ancestors https://app.example.com"
+            ]
         );
         assert!(resp.headers.get("x-frame-options").is_none());
     }
@@ -118,6 +158,63 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).expect("header");
         apply_frame_policy(&mut resp, FA).expect("applies");
         assert_eq!(resp.headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some(FA));
+    }
+
+    #[test]
+    fn every_policy_of_a_comma_list_ends_with_the_tenants_frame_ancestors() {
+        assert_eq!(
+            merge_csp_list("default-src *, frame-ancestors *", FA),
+            "default-src *; frame-ancestors https://app.example.com, frame-ancestors https://app.example.com"
+        );
+        let mut resp = ResponseHeader::build(200, None).expect("header");
+        resp.append_header("content-security-policy", "frame-ancestors *, img-src *").expect("h");
+        resp.append_header("content-security-policy", "script-src 'self'").expect("h");
+        apply_frame_policy(&mut resp, FA).expect("applies");
+        let csp: Vec<_> = resp
+            .headers
+            .get_all("content-security-policy")
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            csp,
+            vec![
+                "frame-ancestors https://app.example.com, img-src *; frame-ancestors https://app.example.com",
+                "script-src 'self'; frame-ancestors https://app.example.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn set_cookie_loses_domain_and_cannot_set_the_session_cookie() {
+        assert_eq!(
+            host_only_cookie("a=1; Domain=.sandbox.localhost; Path=/; domain = x", "preview_session")
+                .as_deref(),
+            Some("a=1; Path=/")
+        );
+        assert_eq!(host_only_cookie("Preview_Session=x; Path=/", "preview_session"), None);
+        let mut resp = ResponseHeader::build(200, None).expect("header");
+        resp.append_header("set-cookie", "a=1; Domain=example.app; HttpOnly").expect("h");
+        resp.append_header("set-cookie", "preview_session=evil").expect("h");
+        resp.append_header("set-cookie", "b=2").expect("h");
+        sanitize_set_cookies(&mut resp, "preview_session").expect("sanitizes");
+        let cookies: Vec<_> =
+            resp.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap_or("")).collect();
+        assert_eq!(cookies, vec!["a=1; HttpOnly", "b=2"]);
+    }
+
+    #[test]
+    fn client_forwarding_claims_are_replaced_by_the_edges_own() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+        for (n, v) in [("forwarded", "for=6.6.6.6"), ("x-real-ip", "6.6.6.6"), ("x-forwarded-port", "1")] {
+            req.append_header(n, v).expect("h");
+        }
+        req.append_header("x-forwarded-for", "6.6.6.6").expect("h");
+        add_forwarded(&mut req, "10.0.0.1", "https", "h.example").expect("adds");
+        for n in CLIENT_FORWARDING {
+            assert!(req.headers.get(n).is_none(), "{n}");
+        }
+        assert_eq!(req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), Some("10.0.0.1"));
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl Edge {
             .unwrap_or(u64::MAX)
             .min(now + 24 * 3600);
         let cookie = auth::cookie_for(&self.auth.sessions.issue(share_id, exp), exp - now);
-        let location = auth::location_without_credentials(session.req_header());
+        let location = auth::location_without_credentials(session.req_header(), None);
         let frame_ancestors =
             ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
         let write = async {
@@ -308,6 +308,7 @@ impl ProxyHttp for Edge {
         }
         if let Some(route) = &ctx.route {
             headers::apply_frame_policy(resp, &route.tenant.frame_ancestors)?;
+            headers::sanitize_set_cookies(resp, auth::SESSION_COOKIE)?;
         }
         if let Some(cookie) = ctx.grant.as_ref().and_then(auth::session_cookie) {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
