@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -37,6 +38,10 @@ pub struct Common {
     /// Log format.
     #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a `RUST_LOG`-style filter such as
+    /// `info,portico_edge=debug`; unset: `RUST_LOG`, else `info`.
+    #[arg(long, env = "PORTICO_LOG_LEVEL", value_name = "LEVEL|FILTER", value_parser = parse_log_filter, global = true)]
+    pub log_level: Option<String>,
     /// Validate the flags and exit.
     #[arg(long, env = "PORTICO_CHECK", global = true)]
     check: bool,
@@ -64,9 +69,19 @@ struct UpArgs {
     metrics: SocketAddr,
     #[command(flatten)]
     wake: WakeArgs,
-    /// Seconds requests wait for a hibernated sandbox to wake before the edge answers 503 `wake_timeout`.
-    #[arg(long, env = "PORTICO_WAKE_TIMEOUT", default_value_t = 30)]
-    wake_timeout: u64,
+    /// How long requests wait for a hibernated sandbox to wake before the edge answers 503 `wake_timeout`
+    /// (`30s`, `500ms`, `2m`; a bare number is seconds).
+    #[arg(long, env = "PORTICO_WAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    wake_timeout: Duration,
+    /// A proxy in front of the edge, as a CIDR (repeatable): from these peers the client is the right-most
+    /// untrusted `X-Forwarded-For` address. Others are their own client, whatever they forward.
+    #[arg(long = "trusted-proxy", env = "PORTICO_TRUSTED_PROXY", value_name = "CIDR", value_delimiter = ',')]
+    trusted_proxies: Vec<portico_edge::client::Cidr>,
+    /// The port a preview token's `embed_url` opens when the token names none and the sandbox has no
+    /// preview.
+    #[arg(long, env = "PORTICO_DEFAULT_EMBED_PORT", default_value_t = 3000,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    default_embed_port: u16,
     #[command(flatten)]
     acme: AcmeArgs,
     #[command(flatten)]
@@ -134,6 +149,11 @@ struct ControlArgs {
     /// Port of the preview URLs control hands out, when not the scheme's default.
     #[arg(long, env = "PORTICO_PUBLIC_PORT")]
     public_port: Option<u16>,
+    /// The port a preview token's `embed_url` opens when the token names none and the sandbox has no
+    /// preview.
+    #[arg(long, env = "PORTICO_DEFAULT_EMBED_PORT", default_value_t = 3000,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    default_embed_port: u16,
     /// Host name that tenant preview domains must CNAME to.
     #[arg(long, env = "PORTICO_CNAME_TARGET", default_value = "edge.portico.localhost")]
     cname_target: String,
@@ -215,9 +235,10 @@ struct WakeArgs {
     /// `PORTICO_WAKE_SECRET` (generated into the data dir if unset), answered `200 {"address"}`.
     #[arg(long, env = "PORTICO_WAKE_URL")]
     wake_url: Option<String>,
-    /// Seconds one orchestrator call may take before the wake counts as failed.
-    #[arg(long, env = "PORTICO_WAKE_URL_TIMEOUT", default_value_t = 120)]
-    wake_url_timeout: u64,
+    /// How long one orchestrator call may take before the wake counts as failed (`120s`, `2m`; a bare
+    /// number is seconds).
+    #[arg(long, env = "PORTICO_WAKE_URL_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    wake_url_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -242,12 +263,14 @@ struct EdgeArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "PORTICO_THREADS")]
     threads: Option<usize>,
-    /// Seconds an upstream may take to send its response header before the edge answers 504.
-    #[arg(long, env = "PORTICO_UPSTREAM_TIMEOUT", default_value_t = 60)]
-    upstream_timeout: u64,
-    /// Seconds requests wait for a hibernated sandbox to wake before the edge answers 503 `wake_timeout`.
-    #[arg(long, env = "PORTICO_WAKE_TIMEOUT", default_value_t = 30)]
-    wake_timeout: u64,
+    /// How long an upstream may take to send its response header before the edge answers 504
+    /// (`60s`, `500ms`, `2m`; a bare number is seconds).
+    #[arg(long, env = "PORTICO_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+    /// How long requests wait for a hibernated sandbox to wake before the edge answers 503 `wake_timeout`
+    /// (`30s`, `500ms`, `2m`; a bare number is seconds).
+    #[arg(long, env = "PORTICO_WAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    wake_timeout: Duration,
     /// Take over the listening sockets of a running edge (zero-downtime upgrade).
     #[arg(long, env = "PORTICO_UPGRADE")]
     upgrade: bool,
@@ -271,14 +294,47 @@ impl Cli {
     }
 }
 
-pub fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr: `--log-level` (already checked by [`parse_log_filter`]), else `RUST_LOG`, else `info`.
+/// JSON lines are flat (`{"timestamp","level","message","path",…}`): log pipelines index top-level keys.
+pub fn init_logs(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// `--log-level`: a level or a `RUST_LOG`-style filter, refused at parse time when it does not parse.
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?}: expected a level (error, warn, info, debug, trace) or a filter: {e}"))
+}
+
+/// Every duration flag: `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds; never zero.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("{s:?}: expected a duration such as 30s, 500ms, 2m or 1h (a bare number is seconds)");
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -360,10 +416,11 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         default_frame_ancestors: a.common.frame_ancestors(),
         public_scheme: a.public_scheme.clone(),
         public_port: public_port.or(a.public_port),
+        default_embed_port: a.default_embed_port,
         cname_target: a.cname_target.clone(),
         wake_url: a.wake.wake_url.clone(),
         wake_secret: std::env::var("PORTICO_WAKE_SECRET").ok().filter(|v| !v.trim().is_empty()),
-        wake_url_timeout: std::time::Duration::from_secs(a.wake.wake_url_timeout.max(1)),
+        wake_url_timeout: a.wake.wake_url_timeout,
         release_limits: portico_control::ReleaseLimits {
             max_bytes: a.releases.release_max_bytes,
             max_files: a.releases.release_max_files,
@@ -390,7 +447,13 @@ fn control(a: ControlArgs) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         tracing::info!(listen = %a.listen, "control listening");
-        axum::serve(listener, control.router()).with_graceful_shutdown(shutdown_signal()).await?;
+        let stopping = control.clone();
+        let signalled = async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: ending the edges' long-polls");
+            stopping.begin_shutdown();
+        };
+        axum::serve(listener, control.router()).with_graceful_shutdown(signalled).await?;
         Ok(())
     })
 }
@@ -424,8 +487,8 @@ fn edge(a: EdgeArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir,
         upgrade: a.upgrade,
         threads: edge_threads(a.threads),
-        upstream_timeout: std::time::Duration::from_secs(a.upstream_timeout.max(1)),
-        wake_timeout: std::time::Duration::from_secs(a.wake_timeout.max(1)),
+        upstream_timeout: a.upstream_timeout,
+        wake_timeout: a.wake_timeout,
         trusted_proxies: a.trusted_proxies,
         https: a.https.https.map(|h| h.to_string()),
         certs_dir: a.https.certs_dir,
@@ -447,6 +510,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir.clone(),
         public_scheme: "http".into(),
         public_port: None,
+        default_embed_port: a.default_embed_port,
         cname_target: "edge.portico.localhost".into(),
         wake: a.wake,
         acme: a.acme,
@@ -504,12 +568,77 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         upgrade: false,
         threads: edge_threads(None),
         upstream_timeout: std::time::Duration::from_secs(60),
-        wake_timeout: std::time::Duration::from_secs(a.wake_timeout.max(1)),
-        trusted_proxies: Vec::new(),
+        wake_timeout: a.wake_timeout,
+        trusted_proxies: a.trusted_proxies,
         https: a.https.https.map(|h| h.to_string()),
         certs_dir: a.https.certs_dir,
         redirect_https: a.https.redirect_https,
     };
     tracing::info!(http = %a.http, "edge listening; try http://3000-<sandbox>.sandbox.localhost:{}", a.http.port());
     portico_edge::server(config)?.run_forever()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_bare_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration(" 45s "), Ok(Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn durations_refuse_zero_negative_fractions_and_unknown_units() {
+        for bad in ["", "0", "0s", "0ms", "-5", "1.5s", "s", "10x", "5 minutes", "10sec"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_duration("18446744073709551615m").is_err(), "overflow accepted");
+    }
+
+    #[test]
+    fn duration_flags_accept_units_from_flags_and_environment() {
+        let cli =
+            Cli::try_parse_from(["portico", "edge", "--wake-timeout", "500ms", "--upstream-timeout", "2m"])
+                .expect("parses");
+        let Command::Edge(a) = cli.command else { panic!("not edge") };
+        assert_eq!(a.wake_timeout, Duration::from_millis(500));
+        assert_eq!(a.upstream_timeout, Duration::from_secs(120));
+        let cli = Cli::try_parse_from(["portico", "control", "--wake-url-timeout", "90"]).expect("parses");
+        let Command::Control(a) = cli.command else { panic!("not control") };
+        assert_eq!(a.wake.wake_url_timeout, Duration::from_secs(90));
+        assert!(Cli::try_parse_from(["portico", "up", "--wake-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn log_level_takes_a_level_or_a_filter_on_every_command() {
+        for command in ["up", "control", "edge"] {
+            let cli = Cli::try_parse_from(["portico", command, "--log-level", "debug"]).expect("parses");
+            assert_eq!(cli.common().log_level.as_deref(), Some("debug"));
+        }
+        let filter = "info,portico_edge=debug";
+        let cli = Cli::try_parse_from(["portico", "edge", "--log-level", filter]).expect("parses");
+        assert_eq!(cli.common().log_level.as_deref(), Some(filter));
+        assert!(Cli::try_parse_from(["portico", "edge", "--log-level", "loud=[["]).is_err());
+    }
+
+    #[test]
+    fn up_takes_trusted_proxies_and_a_default_embed_port() {
+        let cli = Cli::try_parse_from([
+            "portico",
+            "up",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--default-embed-port",
+            "5173",
+        ])
+        .expect("parses");
+        let Command::Up(a) = cli.command else { panic!("not up") };
+        assert_eq!(a.trusted_proxies.len(), 1);
+        assert_eq!(a.default_embed_port, 5173);
+    }
 }

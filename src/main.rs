@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logs(cli.common().log_format);
+    cli::init_logs(cli.common().log_format, cli.common().log_level.as_deref());
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -163,15 +163,13 @@ async fn control_logs_each_mutation_with_its_actor_and_never_a_key() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let mutation = |path: &str| {
-        lines.iter().find(|l| l["fields"]["path"] == path && l["fields"]["method"] == "POST").cloned()
-    };
+    let mutation = |path: &str| lines.iter().find(|l| l["path"] == path && l["method"] == "POST").cloned();
     let created =
         mutation("/v1/tenants").unwrap_or_else(|| panic!("no log line for POST /v1/tenants in {text}"));
-    assert_eq!(created["fields"]["actor"], "admin");
+    assert_eq!(created["actor"], "admin");
     let sandbox =
         mutation("/v1/sandboxes").unwrap_or_else(|| panic!("no log line for POST /v1/sandboxes in {text}"));
-    assert_eq!(sandbox["fields"]["actor"], tenant_id.as_str());
+    assert_eq!(sandbox["actor"], tenant_id.as_str());
     assert!(!text.contains(&tenant.key) && !text.contains(common::ADMIN_KEY), "a key reached the log");
 }
 

@@ -18,6 +18,9 @@ pub struct ControlConfig {
     pub public_scheme: String,
     /// Appended to URLs shown in responses when set.
     pub public_port: Option<u16>,
+    /// The port of a preview token's `embed_url` when the token names no port and the sandbox has no
+    /// preview (`--default-embed-port`, 3000).
+    pub default_embed_port: u16,
     /// What tenant preview domains must CNAME to.
     pub cname_target: String,
     /// Rate limits for tenants that set none.

@@ -1,13 +1,13 @@
 //! One error type for the API, turned into `{"error":{"code","message"}}` in one place, and the
 //! extractors whose rejections must come out in the same shape.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +91,42 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(BODY_LIMIT),
-            other => ApiError::BadRequest(other.body_text()),
-        })?;
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body()).await?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// How much of an oversized body is read (and dropped) before the 413 goes out. Answering while the
+/// client is still sending makes hyper close the connection with the rest unread, and the client sees a
+/// broken pipe instead of the 413; reading it to the end keeps the answer readable. Past this bound (or
+/// [`DRAIN_TIME`]) the connection is closed anyway, so a huge upload cannot keep control busy.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The body, at most [`BODY_LIMIT`] bytes; a larger one is drained (bounded) and refused with 413.
+async fn read_body(mut body: Body) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > BODY_LIMIT {
+            let mut seen = buf.len() + data.len();
+            let drain = async {
+                while seen <= DRAIN_LIMIT {
+                    match body.frame().await {
+                        Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                        Some(Err(_)) | None => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ApiError::TooLarge(BODY_LIMIT));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {

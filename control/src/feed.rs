@@ -71,20 +71,26 @@ pub async fn handler(
 async fn long_poll(app: &AppState, since: u64, wait: Duration) -> ApiResult<FeedMessage> {
     // Subscribe before reading, so a commit between the read and the wait still wakes us.
     let mut rx = app.notify.subscribe();
+    let mut shutdown = app.shutdown.subscribe();
     let deadline = Instant::now() + wait;
     loop {
         if let Some(message) = answer(&app.pool, since).await? {
             return Ok(message);
         }
         let now = Instant::now();
-        if now >= deadline {
+        // Shutting down: "no changes" now; the edge re-polls another replica or this one once restarted.
+        if now >= deadline || *shutdown.borrow_and_update() {
             return Ok(FeedMessage::Changes { version: since, changes: Vec::new() });
         }
         let tick = (deadline - now).min(RECHECK);
-        match tokio::time::timeout(tick, rx.changed()).await {
-            Ok(Ok(())) | Err(_) => {}
-            // The sender lives as long as the state; if it is gone, fall back to the timed re-check.
-            Ok(Err(_)) => tokio::time::sleep(tick).await,
+        tokio::select! {
+            changed = tokio::time::timeout(tick, rx.changed()) => match changed {
+                Ok(Ok(())) | Err(_) => {}
+                // The sender lives as long as the state; if it is gone, fall back to the timed re-check.
+                Ok(Err(_)) => tokio::time::sleep(tick).await,
+            },
+            // Woken by the shutdown signal: the check above answers on the next turn.
+            _ = shutdown.changed() => {}
         }
     }
 }

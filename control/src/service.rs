@@ -10,6 +10,7 @@ use crate::state::{App, AppState};
 use crate::{acme, api, credentials, db, dns, feed, keys, notify, validate, wake};
 
 /// A running control service: its database, keys and the feed's change signal.
+#[derive(Clone)]
 pub struct Control {
     state: App,
     edge_token: String,
@@ -87,6 +88,7 @@ impl Control {
             port_template,
             public_scheme: config.public_scheme,
             public_port: config.public_port,
+            default_embed_port: config.default_embed_port,
             cname_target: config.cname_target,
             default_rate_limits: config.default_rate_limits,
             upstream_allow: config.upstream_allow.clone(),
@@ -95,6 +97,7 @@ impl Control {
             release_limits: config.release_limits,
             dns: dns::Dns::new(config.dns_resolver),
             templates,
+            shutdown: watch::channel(false).0,
         });
         credentials::ensure_key(&state.pool, &state.notify)
             .await
@@ -114,6 +117,12 @@ impl Control {
     /// The whole API, control and edge-facing, as one router.
     pub fn router(&self) -> axum::Router {
         api::router(self.state.clone())
+    }
+
+    /// Ends pending and later feed long-polls at once (each answers "no changes"), so a graceful HTTP
+    /// shutdown does not wait out their timers. Call it when the shutdown signal arrives.
+    pub fn begin_shutdown(&self) {
+        self.state.shutdown.send_replace(true);
     }
 
     /// The token edges present on the feed; `portico up` hands it to its in-process edge.

@@ -21,6 +21,9 @@ pub(crate) struct AppState {
     pub port_template: Option<HostTemplate>,
     pub public_scheme: String,
     pub public_port: Option<u16>,
+    /// The port a preview token's `embed_url` opens when the token names none and the sandbox has no
+    /// preview (`--default-embed-port`).
+    pub default_embed_port: u16,
     pub cname_target: String,
     pub default_rate_limits: portico_wire::RateLimits,
     /// Where sandboxes and deployment instances may live (`--upstream-allow`).
@@ -34,6 +37,9 @@ pub(crate) struct AppState {
     pub release_limits: ReleaseLimits,
     /// Resolves preview-domain CNAMEs for verification.
     pub dns: dns::Dns,
+    /// Turns `true` when the process starts shutting down: pending long-polls answer at once instead of
+    /// holding the graceful shutdown open for their whole wait (SPEC §1: exit within 5 s).
+    pub shutdown: watch::Sender<bool>,
 }
 
 pub(crate) type App = Arc<AppState>;

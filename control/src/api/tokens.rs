@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized};
-use super::{owned, sandboxes, timestamp};
+use super::{owned, previews, sandboxes, timestamp};
 use crate::auth::{Admin, TenantKey};
 use crate::credentials::{self, now_secs, MAX_TOKEN_TTL_SECS};
-use crate::db::{Kind, Write};
+use crate::db::{Kind, PreviewRow, Write, PREVIEW_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
 use crate::keys;
 use crate::state::App;
@@ -43,7 +43,9 @@ pub struct MintedToken {
     /// Revokes it: `DELETE /v1/preview-tokens/{jti}`.
     jti: String,
     expires_at: String,
-    /// The URL to put in an iframe; `null` without a `port` or a port host template.
+    /// The URL to put in an iframe, token included: the `port`'s host; without a `port`, the sandbox's
+    /// newest preview, else the default embed port's host (3000 unless control sets
+    /// `--default-embed-port`). `null` only when no host template renders one.
     embed_url: Option<String>,
 }
 
@@ -63,14 +65,28 @@ fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-/// The URL an embedding app puts in its iframe: the sandbox port host with the token in the query.
-fn embed_url(app: &App, sandbox: &str, port: Option<u16>, token: &str) -> Option<String> {
-    let (template, port) = (app.port_template.as_ref()?, port?);
-    let host = template.render(Some(port), sandbox, "", "", "");
-    Some(match app.public_port {
+/// The URL an embedding app puts in its iframe, with the token in the query: the `port` host when the
+/// token names a port; else the sandbox's newest preview URL, since a token without a port opens every
+/// port; else the `--default-embed-port` host. `None` only when no host template can render one.
+async fn embed_url(app: &App, sandbox: &str, port: Option<u16>, token: &str) -> ApiResult<Option<String>> {
+    if port.is_none() {
+        let sql = format!(
+            "SELECT {PREVIEW_COLUMNS} FROM previews WHERE sandbox_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1"
+        );
+        let newest: Option<PreviewRow> = sqlx::query_as(&sql).bind(sandbox).fetch_optional(&app.pool).await?;
+        if let Some(row) = newest {
+            let url = previews::url(app, &row)?;
+            if !url.is_empty() {
+                return Ok(Some(format!("{url}?token={token}")));
+            }
+        }
+    }
+    let Some(template) = app.port_template.as_ref() else { return Ok(None) };
+    let host = template.render(Some(port.unwrap_or(app.default_embed_port)), sandbox, "", "", "");
+    Ok(Some(match app.public_port {
         Some(p) => format!("{}://{host}:{p}/?token={token}", app.public_scheme),
         None => format!("{}://{host}/?token={token}", app.public_scheme),
-    })
+    }))
 }
 
 #[utoipa::path(
@@ -144,7 +160,7 @@ pub async fn mint(
     .execute(&app.pool)
     .await?;
     let body = MintedToken {
-        embed_url: embed_url(&app, &claims.sbx, claims.port, &token),
+        embed_url: embed_url(&app, &claims.sbx, claims.port, &token).await?,
         token,
         jti: claims.jti,
         expires_at: timestamp(secs_to_ms(exp)),

@@ -29,6 +29,7 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         default_frame_ancestors: vec!["'self'".into()],
         public_scheme: "http".into(),
         public_port: Some(8080),
+        default_embed_port: 3000,
         cname_target: "edge.example.net".into(),
         default_rate_limits: Default::default(),
         wake_url: None,
