@@ -145,6 +145,8 @@ async fn control_logs_each_mutation_with_its_actor_and_never_a_key() {
     common::log_to(&mut cmd, &log);
     let child = cmd
         .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        // Test sandboxes live on 127.0.0.x, outside control's default upstream policy.
+        .args(["--upstream-allow", "127.0.0.0/8"])
         .arg("--data-dir")
         .arg(dir.path())
         .spawn()

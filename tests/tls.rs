@@ -377,6 +377,17 @@ impl Dns {
         assert!(resp.status().is_success());
     }
 
+    /// A TXT record, as a domain owner proves a custom domain with.
+    async fn set_txt(&self, host: &str, value: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/set-txt", self.management))
+            .json(&json!({"host": format!("{host}."), "value": value}))
+            .send()
+            .await
+            .expect("challtestsrv");
+        assert!(resp.status().is_success());
+    }
+
     async fn clear_cname(&self, host: &str) {
         let resp = reqwest::Client::new()
             .post(format!("{}/clear-cname", self.management))
@@ -650,7 +661,15 @@ async fn acme_certifies_a_deployments_custom_domain_and_serves_it_over_https() {
         .await;
     // challtestsrv answers every name with 127.0.0.1, so pebble's HTTP-01 check reaches the edge.
     let host = "shop.custom.test";
-    tenant.ok("POST", &format!("/v1/deployments/{id}/domains"), Some(json!({"hostname": host})), 201).await;
+    let added = tenant
+        .ok("POST", &format!("/v1/deployments/{id}/domains"), Some(json!({"hostname": host})), 201)
+        .await;
+    assert_eq!(added["status"], "pending", "{added}");
+    // No certificate is ordered before the owner proves the domain with the TXT record control asked for.
+    let proof = &added["verification"];
+    dns.set_txt(proof["name"].as_str().expect("name"), proof["value"].as_str().expect("value")).await;
+    let verified = tenant.ok("POST", &format!("/v1/deployments/{id}/domains/{host}/verify"), None, 200).await;
+    assert_eq!(verified["status"], "verified", "{verified}");
 
     wait_until("the custom domain's certificate to be issued", Duration::from_secs(90), || async {
         let d = tenant.ok("GET", &format!("/v1/deployments/{id}"), None, 200).await;

@@ -119,6 +119,8 @@ impl Control {
     pub async fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Control {
         let child = portico()
             .args(["control", "--listen", &format!("127.0.0.1:{port}")])
+            // Test sandboxes live on 127.0.0.x, outside control's default upstream policy.
+            .args(["--upstream-allow", "127.0.0.0/8"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
