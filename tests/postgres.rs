@@ -110,7 +110,7 @@ async fn replica(db: &Database, data_dir: &Path, extra: &[&str]) -> Control {
     let child = cmd
         .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--database", &db.url])
         // Test sandboxes live on 127.0.0.x, outside control's default upstream policy.
-        .args(["--upstream-allow", "127.0.0.0/8"])
+        .args(["--upstream-allow", "127.0.0.0/8", "--upstream-allow", "10.0.0.0/8"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)

@@ -11,6 +11,7 @@ pub use check::{now_secs, Authenticator};
 use portico_wire::tokens::{PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX};
 
 pub const SESSION_COOKIE: &str = "preview_session";
+const QUERY_PARAMS: [&str; 2] = ["token", "preview_token"];
 const HEADERS: [&str; 3] = ["x-portico-preview-token", "x-oc-preview-token", "x-miosa-preview-token"];
 /// A request offering more candidates than this is not worth more hashing.
 const MAX_CANDIDATES: usize = 8;
@@ -18,10 +19,7 @@ const MAX_CANDIDATES: usize = 8;
 /// Where a credential was found; decides what is stripped and whether a cookie is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// `preview_token=`: always a credential.
     Query,
-    /// `token=`: a credential unless another one opened the route (then it is the app's own, e.g. Vite's).
-    QueryToken,
     Header,
     Bearer,
     Cookie,
@@ -58,31 +56,16 @@ pub struct Grant {
     pub credential: Credential,
     /// Seconds the credential stays valid, for the session cookie's Max-Age.
     pub remaining_secs: u64,
-    /// Credentials offered and refused before this one: decoys count as failed guesses.
-    pub refused: usize,
 }
-
-impl Transport {
-    pub fn is_query(self) -> bool {
-        matches!(self, Self::Query | Self::QueryToken)
-    }
-}
-
-/// How much longer than its credential a session cookie lives: long enough that a session whose
-/// credential expired is told `token_expired` rather than `token_required`, bounded to a day.
-pub const SESSION_GRACE_SECS: u64 = 24 * 3600;
 
 /// Every credential the request offers, in the SPEC's order: query, headers, bearer, cookie.
 pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
     let mut out = Vec::new();
     if let Some(query) = req.uri.query() {
         for (name, value) in query.split('&').filter_map(|p| p.split_once('=')) {
-            let transport = match name {
-                "token" => Transport::QueryToken,
-                "preview_token" => Transport::Query,
-                _ => continue,
-            };
-            out.push(Credential { token: decode(value), transport });
+            if QUERY_PARAMS.contains(&name) {
+                out.push(Credential { token: decode(value), transport: Transport::Query });
+            }
         }
     }
     for name in HEADERS {
@@ -114,11 +97,8 @@ pub fn preflight_allowed(req: &RequestHeader, sandbox: &portico_wire::Sandbox) -
 
 /// The `Set-Cookie` value for a credential that came in the query, so later navigations need no token.
 pub fn session_cookie(grant: &Grant) -> Option<String> {
-    grant
-        .credential
-        .transport
-        .is_query()
-        .then(|| cookie_for(&grant.credential.token, grant.remaining_secs.saturating_add(SESSION_GRACE_SECS)))
+    (grant.credential.transport == Transport::Query)
+        .then(|| cookie_for(&grant.credential.token, grant.remaining_secs))
 }
 
 /// `preview_session=<value>` as the SPEC has it: host-only, HttpOnly, Secure, SameSite=None, Partitioned.
@@ -129,59 +109,30 @@ pub fn cookie_for(value: &str, max_age_secs: u64) -> String {
     )
 }
 
-/// The request's path and query without credential parameters: where to send the browser after a
-/// query credential (or share password) was accepted, so the token leaves the address bar.
-pub fn location_without_credentials(req: &RequestHeader, grant: Option<&Grant>) -> String {
+/// The request's path and query without credential parameters: where to send the browser after a share
+/// password, so the token leaves the address bar.
+pub fn location_without_credentials(req: &RequestHeader) -> String {
     let path = req.uri.path();
-    match req.uri.query().map(|q| without_credential_params(q, grant)) {
+    match req.uri.query().map(without_credential_params) {
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
         _ => path.to_string(),
     }
 }
 
-/// The query without credentials, other parameters kept in order. `token=` stays only when it is the
-/// app's own: another credential opened the route and the value is not one of our token formats.
-pub fn without_credential_params(query: &str, grant: Option<&Grant>) -> String {
-    let token_is_ours = grant.is_none_or(|g| g.credential.transport == Transport::QueryToken);
+fn without_credential_params(query: &str) -> String {
     query
         .split('&')
-        .filter(|p| {
-            let (name, value) = p.split_once('=').unwrap_or((p, ""));
-            match name {
-                "preview_token" => false,
-                "token" => !token_is_ours && !looks_ours(&decode(value), grant),
-                _ => true,
-            }
-        })
+        .filter(|p| !QUERY_PARAMS.contains(&p.split_once('=').map_or(*p, |(n, _)| n)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// A value in one of our token formats, or the very credential that opened the route.
-fn looks_ours(token: &str, grant: Option<&Grant>) -> bool {
-    [PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX, password::SESSION_PREFIX].iter().any(|p| token.starts_with(p))
-        || grant.is_some_and(|g| g.credential.token == token)
-}
-
-/// A `Referer` without credential parameters (the page that sent it may still carry one in its URL).
-pub fn referer_without_credentials(referer: &str, grant: Option<&Grant>) -> String {
-    let (rest, fragment) = referer.split_once('#').map_or((referer, None), |(r, f)| (r, Some(f)));
-    let Some((base, query)) = rest.split_once('?') else { return referer.to_string() };
-    let query = without_credential_params(query, grant);
-    let mut out = if query.is_empty() { base.to_string() } else { format!("{base}?{query}") };
-    if let Some(f) = fragment {
-        out.push('#');
-        out.push_str(f);
-    }
-    out
 }
 
 /// Removes every credential transport from the upstream request. `Authorization` goes when it opened the
 /// route or carries one of our token formats: otherwise it belongs to the app.
 pub fn strip(req: &mut RequestHeader, grant: Option<&Grant>) -> pingora::Result<()> {
     if let Some(query) = req.uri.query() {
-        if without_credential_params(query, grant) != query {
-            let uri = location_without_credentials(req, grant).parse::<http::Uri>().map_err(|e| {
+        if without_credential_params(query) != query {
+            let uri = location_without_credentials(req).parse::<http::Uri>().map_err(|e| {
                 pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "rewriting query", e)
             })?;
             req.set_uri(uri);
@@ -190,15 +141,9 @@ pub fn strip(req: &mut RequestHeader, grant: Option<&Grant>) -> pingora::Result<
     for name in HEADERS {
         req.remove_header(name);
     }
-    let referer =
-        req.headers.get(http::header::REFERER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    if let Some(referer) = referer {
-        let clean = referer_without_credentials(&referer, grant);
-        if clean != referer {
-            req.insert_header(http::header::REFERER, clean)?;
-        }
-    }
-    let ours = bearer(req).is_some_and(|t| looks_ours(t, None));
+    let ours = bearer(req).is_some_and(|t| {
+        [PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX, password::SESSION_PREFIX].iter().any(|p| t.starts_with(p))
+    });
     if ours || grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
         req.remove_header(&http::header::AUTHORIZATION);
     }

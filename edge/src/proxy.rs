@@ -155,7 +155,7 @@ impl Edge {
             .unwrap_or(u64::MAX)
             .min(now + 24 * 3600);
         let cookie = auth::cookie_for(&self.auth.sessions.issue(share_id, exp), exp - now);
-        let location = auth::location_without_credentials(session.req_header(), None);
+        let location = auth::location_without_credentials(session.req_header());
         let frame_ancestors =
             ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
         let write = async {

@@ -648,7 +648,8 @@ fn new_verification_value() -> String {
     tag = "deployments",
     summary = "Verify a custom domain by its TXT record",
     description = "Looks up `_portico-challenge.<hostname>` TXT (through `--dns-resolver` when set). Once it \
-                   holds the value given when the domain was added, the domain routes and gets a certificate.",
+                   holds the value given when the domain was added, the domain routes and gets a certificate; \
+                   otherwise 409 `not_verified`, saying what was found.",
     security(("tenant_key" = [])),
     params(
         ("id" = String, Path, description = "The deployment's id (`dp_…`)"),
@@ -659,7 +660,7 @@ fn new_verification_value() -> String {
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 409, description = "`not_verified`: the TXT record does not hold the value (the message says what was found)"),
+        (status = 409, response = Conflict),
         (status = 500, response = Internal),
     )
 )]

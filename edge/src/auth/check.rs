@@ -68,12 +68,9 @@ impl Authenticator {
         }
         let now = now_secs();
         let mut failure = EdgeError::TokenInvalid;
-        // `token=` is tried last: when anything else opens the route, it is the app's own parameter.
-        let mut offered = offered;
-        offered.sort_by_key(|c| c.transport == Transport::QueryToken);
-        for (refused, credential) in offered.into_iter().enumerate() {
+        for credential in offered {
             match self.check(snap, route, &credential, now).await {
-                Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs, refused }),
+                Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs }),
                 Err(e @ EdgeError::SharePassword { .. }) => failure = e,
                 Err(e @ EdgeError::TokenExpired) if !matches!(failure, EdgeError::SharePassword { .. }) => {
                     failure = e
