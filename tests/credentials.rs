@@ -309,6 +309,44 @@ async fn share_link_works_on_its_first_request_and_stops_within_1s_of_revocation
 }
 
 #[tokio::test]
+async fn password_guesses_are_counted_at_control_before_any_hashing() {
+    let p = Private::start().await;
+    let preview = p.preview().await;
+    let share = p
+        .tenant
+        .ok(
+            "POST",
+            &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()),
+            Some(json!({"password": "open sesame"})),
+            201,
+        )
+        .await;
+    let path = format!("/?token={}", share["token"].as_str().unwrap());
+    let form = p.get(&path, &[("sec-fetch-mode", "navigate")]).await.text().await.unwrap();
+    let csrf =
+        form.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let post = |password: &str| {
+        p.stack
+            .edge
+            .client()
+            .post(p.url(&path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(format!("password={password}&csrf={csrf}"))
+            .send()
+    };
+    // Ten guesses a minute from one client IP reach the hash; the eleventh does not, even a right one.
+    for i in 0..10 {
+        let resp = post(&format!("guess{i}")).await.unwrap();
+        assert_eq!(code(&resp), (401, "password_required".into()), "guess {i}");
+    }
+    let resp = post("open+sesame").await.unwrap();
+    assert_eq!(code(&resp), (429, "rate_limited".into()));
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
 async fn expired_share_is_token_expired() {
     let p = Private::start().await;
     let preview = p.preview().await;

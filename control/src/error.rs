@@ -30,6 +30,12 @@ pub enum ApiError {
     InvalidField(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// Too many attempts; `Retry-After` says when the next one is counted.
+    #[error("too many attempts; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// Control is at its bound of expensive work in flight (password hashes): retry shortly.
+    #[error("busy; try again in a moment")]
+    Busy,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]
@@ -55,6 +61,8 @@ impl ApiError {
             Self::NotVerified(m) => (StatusCode::CONFLICT, "not_verified", m.clone()),
             Self::InvalidField(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m.clone()),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", self.to_string()),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", self.to_string()),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", self.to_string()),
             // A race lost to a concurrent insert of the same unique value is a conflict, not a failure.
             Self::Database(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                 (StatusCode::CONFLICT, "conflict", "already exists".into())
@@ -74,7 +82,16 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "control API request failed");
         }
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
-        (status, Json(body)).into_response()
+        let retry_after = match self {
+            Self::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            Self::Busy => Some(1),
+            _ => None,
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

@@ -12,6 +12,7 @@ mod deployments;
 mod dns;
 mod error;
 mod feed;
+mod guessing;
 mod keys;
 mod metrics;
 mod notify;

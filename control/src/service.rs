@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::{ControlConfig, ControlError};
 use crate::state::{App, AppState};
-use crate::{acme, api, credentials, db, dns, feed, keys, notify, validate, wake};
+use crate::{acme, api, credentials, db, dns, feed, guessing, keys, notify, validate, wake};
 
 /// A running control service: its database, keys and the feed's change signal.
 #[derive(Clone)]
@@ -98,6 +98,10 @@ impl Control {
             dns: dns::Dns::new(config.dns_resolver),
             templates,
             shutdown: watch::channel(false).0,
+            // PBKDF2 is CPU-bound and runs on the blocking pool: no more at once than there are cores.
+            guessing: guessing::Guessing::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
         });
         credentials::ensure_key(&state.pool, &state.notify)
             .await

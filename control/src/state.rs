@@ -7,7 +7,7 @@ use sqlx::AnyPool;
 use tokio::sync::watch;
 
 use crate::releases::ReleaseLimits;
-use crate::{dns, wake};
+use crate::{dns, guessing, wake};
 
 /// State shared by every request handler.
 pub(crate) struct AppState {
@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     /// Turns `true` when the process starts shutting down: pending long-polls answer at once instead of
     /// holding the graceful shutdown open for their whole wait (SPEC §1: exit within 5 s).
     pub shutdown: watch::Sender<bool>,
+    /// Share-password attempts per share and per client IP, and the bound on hashes at once.
+    pub guessing: guessing::Guessing,
 }
 
 pub(crate) type App = Arc<AppState>;

@@ -28,6 +28,9 @@ pub enum LookupError {
     OverBudget,
     #[error("control: {0}")]
     Control(String),
+    /// Control counts password attempts per share and per client IP, and bounds the hashes it runs.
+    #[error("control refused the attempt for now")]
+    Refused { retry_after_secs: u64 },
 }
 
 pub struct Lookup {
@@ -60,8 +63,13 @@ impl Lookup {
     }
 
     /// Whether `password` opens the share; only control holds password hashes.
-    pub async fn check_password(&self, share_id: &str, password: &str) -> Result<bool, LookupError> {
-        let body = serde_json::json!({ "password": password });
+    pub async fn check_password(
+        &self,
+        share_id: &str,
+        password: &str,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<bool, LookupError> {
+        let body = serde_json::json!({ "password": password, "client_ip": client_ip });
         let r = self
             .control
             .call(|http, url| {
@@ -74,6 +82,12 @@ impl Lookup {
         match r.status().as_u16() {
             200..=299 => Ok(true),
             403 | 404 => Ok(false),
+            429 | 503 => {
+                let retry = r.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+                Err(LookupError::Refused {
+                    retry_after_secs: retry.and_then(|v| v.parse().ok()).unwrap_or(1),
+                })
+            }
             status => Err(LookupError::Control(format!("control answered {status}"))),
         }
     }

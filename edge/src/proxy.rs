@@ -18,6 +18,7 @@ use crate::client::TrustedProxies;
 use crate::deploy;
 use crate::error::EdgeError;
 use crate::headers;
+use crate::lookup::LookupError;
 use crate::metrics;
 use crate::pages::{self, PageContext};
 use crate::ratelimit::Limiter;
@@ -157,13 +158,17 @@ impl Edge {
         let body = read_form(session).await.ok_or_else(|| again(true))?;
         let now = auth::now_secs();
         let password = self.auth.sessions.submitted_password(share_id, &body, now)?;
-        match self.auth.lookup.check_password(share_id, &password).await {
+        match self.auth.lookup.check_password(share_id, &password, ctx.client_ip).await {
             Ok(true) => {}
             Ok(false) => {
                 if let Some(route) = &ctx.route {
                     self.limiter.record_auth(route, ctx.client_ip, 1);
                 }
                 return Err(again(true));
+            }
+            // Too many guesses on this share or from this IP, or control's hashing is saturated.
+            Err(LookupError::Refused { retry_after_secs }) => {
+                return Err(EdgeError::RateLimited { retry_after_secs });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "checking a share password");

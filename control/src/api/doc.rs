@@ -58,6 +58,8 @@ error_responses! {
     InvalidField => "`invalid_field`: a well-formed body whose field is missing, unknown or invalid; the message names the field",
     PayloadTooLarge => "`payload_too_large`: the body is larger than the limit",
     Internal => "`internal`: the server failed; details are in its log only",
+    RateLimited => "`rate_limited`: too many attempts; `Retry-After` says when the next one is counted",
+    Busy => "`busy`: control is at its bound of expensive work in flight; retry after `Retry-After`",
     WakeConflict => "`wake_disabled` (the sandbox's wake policy is off, for an edge) or `wake_not_configured` (no orchestrator)",
     WakeFailed => "`wake_failed`: the orchestrator refused or failed, and the sandbox is hibernated again",
     WakeTimeout => "`wake_timeout`: the sandbox did not become running in time, and is hibernated again",
@@ -93,7 +95,7 @@ impl Modify for SecuritySchemes {
         schemas(ErrorBody),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, Conflict, InvalidField, PayloadTooLarge, Internal,
-            WakeConflict, WakeFailed, WakeTimeout
+            WakeConflict, WakeFailed, WakeTimeout, RateLimited, Busy
         )
     ),
     tags(

@@ -8,7 +8,9 @@ use portico_wire::CredentialLookup;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized};
+use super::doc::{
+    BadRequest, Busy, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, RateLimited, Unauthorized,
+};
 use crate::auth::EdgeKey;
 use crate::credentials::{self, now_secs};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
@@ -80,6 +82,10 @@ pub async fn lookup(
 #[serde(deny_unknown_fields)]
 pub struct PasswordAttempt {
     password: String,
+    /// The client the edge got the attempt from: attempts are counted per IP as well as per share.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    client_ip: Option<std::net::IpAddr>,
 }
 
 /// `POST /v1/edge/shares/{id}/password`: 204 when the password opens the share, 403 when it does not.
@@ -100,7 +106,9 @@ pub struct PasswordAttempt {
         (status = 404, response = NotFound),
         (status = 413, response = PayloadTooLarge),
         (status = 422, response = InvalidField),
+        (status = 429, response = RateLimited),
         (status = 500, response = Internal),
+        (status = 503, response = Busy),
     )
 )]
 pub async fn check_password(
@@ -118,12 +126,17 @@ pub async fn check_password(
     let Some(stored) = share.password_hash else {
         return Err(ApiError::BadRequest("this share has no password".into()));
     };
+    // Counted before hashing, so a refused guess costs control a map look-up, not 600,000 iterations.
+    let permit = app.guessing.attempt(&id, body.client_ip)?;
     if body.password.len() > 1024 {
         return Err(ApiError::Forbidden("wrong password".into()));
     }
-    let ok = tokio::task::spawn_blocking(move || credentials::verify_password(&body.password, &stored))
-        .await
-        .map_err(|e| ApiError::Internal(format!("checking the password: {e}")))?;
+    let ok = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        credentials::verify_password(&body.password, &stored)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("checking the password: {e}")))?;
     if ok {
         Ok(StatusCode::NO_CONTENT)
     } else {
