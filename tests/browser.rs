@@ -108,6 +108,12 @@ async fn an_embedded_private_preview_works_in_a_real_browser() {
     c.goto(&parent(&embed, &parent_origin)).await.expect("parent loads");
     let text = wait_for_frame_text(c, "first load", "\"uri\"").await;
     assert!(!text.contains("mp_"), "the sandbox must not see the token: {text}");
+    // The edge answered the navigation with a redirect: the token is gone from the frame's address, and
+    // so from its history and every `Referer` the page sends.
+    c.enter_frame(0).await.expect("enter frame");
+    let href = c.execute("return location.href", vec![]).await.expect("frame location");
+    c.enter_parent_frame().await.expect("parent");
+    assert!(!href.as_str().unwrap_or_default().contains("token="), "token left in the address bar: {href}");
 
     // 2. A second navigation inside the frame works without the token: the session cookie carries it.
     c.enter_frame(0).await.expect("enter frame");

@@ -168,6 +168,90 @@ async fn expired_token_is_token_expired_and_tells_the_parent_page() {
     assert!(page.contains(&p.id) && page.contains(&p.fake.port().to_string()));
 }
 
+/// A client that shows redirects instead of following them.
+fn no_redirects(p: &Private) -> reqwest::Client {
+    common::builder_to(p.stack.edge.addr).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+#[tokio::test]
+async fn a_navigation_with_a_query_token_is_sent_to_the_clean_url_with_a_session_cookie() {
+    let p = Private::start().await;
+    let token =
+        p.mint(json!({"sandbox_id": p.id, "ttl_seconds": 600})).await["token"].as_str().unwrap().to_string();
+    let client = no_redirects(&p);
+    let resp = client
+        .get(p.url(&format!("/page?a=1&token={token}&b=2&token=vite-own")))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let location = resp.headers()["location"].to_str().unwrap();
+    assert_eq!(
+        location, "/page?a=1&b=2&token=vite-own",
+        "only the credential leaves; the rest keeps its order"
+    );
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with(&format!("preview_session={token};")), "{cookie}");
+    let max_age: u64 =
+        cookie.split("Max-Age=").nth(1).and_then(|v| v.split(';').next()).unwrap().parse().unwrap();
+    assert!(max_age > 600, "the cookie outlives its credential, to say token_expired later: {max_age}");
+
+    // The browser follows with the cookie; a Referer that still carries the token is cleaned.
+    let referer = format!("http://{}/page?a=1&token={token}", p.host());
+    let resp = client
+        .get(p.url(location))
+        .header("sec-fetch-mode", "navigate")
+        .header("cookie", format!("preview_session={token}"))
+        .header("referer", &referer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = resp.text().await.unwrap();
+    assert!(seen.contains("/page?a=1&b=2&token=vite-own"), "{seen}");
+    assert!(
+        !seen.contains("mp_") && !seen.contains("preview_session"),
+        "the sandbox saw a credential: {seen}"
+    );
+    assert!(seen.contains(&format!("http://{}/page?a=1", p.host())), "the Referer itself passes: {seen}");
+
+    // Not a navigation (fetch, XHR): proxied at once, with the cookie for later requests.
+    let resp = client.get(p.url(&format!("/api?token={token}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["set-cookie"].to_str().unwrap().starts_with("preview_session="));
+}
+
+#[tokio::test]
+async fn an_apps_own_token_parameter_reaches_the_sandbox_when_another_credential_opened_it() {
+    let p = Private::start().await;
+    let token = p.mint(json!({"sandbox_id": p.id})).await["token"].as_str().unwrap().to_string();
+    // Vite's hot-reload socket path, on a page whose session cookie opened the route.
+    let resp = p.get("/?token=vite-abc123", &[("cookie", &format!("preview_session={token}"))]).await;
+    assert_eq!(resp.status(), 200);
+    let seen = resp.text().await.unwrap();
+    assert!(seen.contains("\"uri\":\"/?token=vite-abc123\""), "{seen}");
+    // The sandbox's own preview-auth token in `token=` is a credential, never the app's.
+    let resp = p.get(&format!("/?token={}", p.sandbox_token), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert!(!resp.text().await.unwrap().contains(&p.sandbox_token));
+    // Alone, an unknown `token=` is a credential that failed.
+    assert_eq!(code(&p.get("/?token=vite-abc123", &[]).await), (401, "token_invalid".into()));
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_is_a_bad_request() {
+    let p = Private::start().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(p.stack.edge.addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nAccept: application/json\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("x-edge-error: bad_request"), "{answer}");
+}
+
 #[tokio::test]
 async fn revoked_preview_token_is_refused_within_1s() {
     let p = Private::start().await;

@@ -270,10 +270,10 @@ async fn metrics_count_every_decision_and_label_nothing_but_tenant_key_and_decis
     assert_eq!(sum(&text, decisions, &[("tenant", t), ("key", "ip"), ("decision", "allowed")]), allowed);
     assert_eq!(sum(&text, decisions, &[("tenant", t), ("key", "ip"), ("decision", "limited")]), limited);
     assert_eq!(sum(&text, decisions, &[("tenant", t), ("key", "token"), ("decision", "limited")]), 1.0);
-    // The wrong credential is a budget of its own: its two checked requests were allowed by it.
+    // Only an accepted credential spends a request budget: the wrong one's requests spent none.
     assert_eq!(
         sum(&text, decisions, &[("tenant", t), ("key", "token"), ("decision", "allowed")]),
-        token_passed as f64 + 2.0
+        token_passed as f64
     );
     // Every private request asked whether its IP was locked out; the last one was.
     let private_requests = token_passed as f64 + 1.0 + 3.0;
@@ -418,4 +418,38 @@ fn bad_default_limit_flags_are_refused_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RPS/BURST"), "{err}");
+}
+
+#[tokio::test]
+async fn decoy_credentials_buy_no_budget_and_count_as_failed_guesses() {
+    let stack = Stack::start().await;
+    let site = site(&stack, limits((1000, 1000), (1, 3), 1000)).await;
+    let (host, token) = &site.private[0];
+    let url = |decoy: usize| stack.edge.url(host, &format!("/?preview_token=decoy-{decoy}-0000000000"));
+    let valid = [("x-portico-preview-token", token.as_str())];
+
+    // A fresh decoy ahead of the valid credential on every request: the budget is the valid one's.
+    let client = client_from(&stack.edge, "127.0.1.2");
+    let mut passed = 0;
+    for decoy in 0..10 {
+        match get_with(&client, &url(decoy), &valid).await.0 {
+            200 => passed += 1,
+            429 => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((3..=6).contains(&passed), "the accepted credential's budget (burst 3) applies: {passed} passed");
+
+    // Each decoy is a failed guess for its IP, even when the request itself passed.
+    set_limits(&site.tenant, limits((1000, 1000), (1000, 1000), 3)).await;
+    stack.synced().await;
+    let (host, token) = &site.private[1];
+    let url = |decoy: usize| stack.edge.url(host, &format!("/?preview_token=decoy-{decoy}-0000000000"));
+    let valid = [("x-portico-preview-token", token.as_str())];
+    let mallory = client_from(&stack.edge, "127.0.1.3");
+    for decoy in 100..103 {
+        assert_eq!(get_with(&mallory, &url(decoy), &valid).await.0, 200);
+    }
+    let (status, _) = get_with(&mallory, &stack.edge.url(host, "/"), &valid).await;
+    assert_eq!(status, 429, "three decoys spent the IP's failure budget");
 }

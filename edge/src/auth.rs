@@ -7,22 +7,34 @@ pub mod password;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::RequestHeader;
 
+use crate::error::EdgeError;
 pub use check::{now_secs, Authenticator};
-use portico_wire::tokens::{PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX};
+use portico_wire::tokens::{self, PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX};
+use subtle::ConstantTimeEq;
 
 pub const SESSION_COOKIE: &str = "preview_session";
-const QUERY_PARAMS: [&str; 2] = ["token", "preview_token"];
 const HEADERS: [&str; 3] = ["x-portico-preview-token", "x-oc-preview-token", "x-miosa-preview-token"];
 /// A request offering more candidates than this is not worth more hashing.
 const MAX_CANDIDATES: usize = 8;
 
-/// Where a credential was found; decides what is stripped and whether a cookie is set.
+/// Where a credential was found; decides what is stripped, whether a cookie is set, and whether a
+/// navigation is redirected to a clean URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// `preview_token=`, or `token=` holding one of our token formats: always a credential.
     Query,
+    /// `token=` with any other value: a credential only when nothing else opens the route. Otherwise it
+    /// is the app's own parameter (Vite's hot-reload socket sends `?token=<its own>`) and stays in place.
+    QueryToken,
     Header,
     Bearer,
     Cookie,
+}
+
+impl Transport {
+    pub fn is_query(self) -> bool {
+        matches!(self, Self::Query | Self::QueryToken)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,16 +68,27 @@ pub struct Grant {
     pub credential: Credential,
     /// Seconds the credential stays valid, for the session cookie's Max-Age.
     pub remaining_secs: u64,
+    /// Credentials offered ahead of this one and refused: decoys count as failed guesses.
+    pub refused: usize,
 }
 
-/// Every credential the request offers, in the SPEC's order: query, headers, bearer, cookie.
+/// How much longer than its credential a session cookie lives, so that a session whose credential ran
+/// out is told `token_expired` (and the embedding app hears of it) rather than `token_required`.
+pub const SESSION_GRACE_SECS: u64 = 24 * 3600;
+
+/// Every credential the request offers, in the SPEC's order: query, headers, bearer, cookie — except a
+/// `token=` that is not one of our formats, which comes last: when anything else opens the route it is the
+/// app's own, and it is never looked up at control for nothing.
 pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
     let mut out = Vec::new();
-    if let Some(query) = req.uri.query() {
-        for (name, value) in query.split('&').filter_map(|p| p.split_once('=')) {
-            if QUERY_PARAMS.contains(&name) {
-                out.push(Credential { token: decode(value), transport: Transport::Query });
-            }
+    let mut app_tokens = Vec::new();
+    for (name, value) in query_pairs(req.uri.query().unwrap_or_default()) {
+        let token = decode(value);
+        match name {
+            "preview_token" => out.push(Credential { token, transport: Transport::Query }),
+            "token" if has_our_prefix(&token) => out.push(Credential { token, transport: Transport::Query }),
+            "token" => app_tokens.push(Credential { token, transport: Transport::QueryToken }),
+            _ => {}
         }
     }
     for name in HEADERS {
@@ -81,9 +104,21 @@ pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
     for value in cookies(req).filter_map(|(n, v)| (n == SESSION_COOKIE).then_some(v)) {
         out.push(Credential { token: decode(value), transport: Transport::Cookie });
     }
+    out.append(&mut app_tokens);
     out.retain(|c| !c.token.is_empty());
     out.truncate(MAX_CANDIDATES);
     out
+}
+
+/// How many failed guesses step 3's result means for the client IP: every credential tried when none
+/// passed (a missing one guessed nothing; a password form is counted when the password is), and the
+/// refused ones ahead of the one that did.
+pub fn failed_guesses(result: &Result<Grant, EdgeError>, offered: usize) -> usize {
+    match result {
+        Ok(grant) => grant.refused,
+        Err(EdgeError::TokenInvalid | EdgeError::TokenExpired) => offered.max(1),
+        Err(_) => 0,
+    }
 }
 
 /// A CORS preflight carries no credential (browsers never send one); a sandbox that asks for it lets them
@@ -95,10 +130,14 @@ pub fn preflight_allowed(req: &RequestHeader, sandbox: &portico_wire::Sandbox) -
         && sandbox.state == portico_wire::SandboxState::Running
 }
 
-/// The `Set-Cookie` value for a credential that came in the query, so later navigations need no token.
+/// The `Set-Cookie` value for a credential that came in the query, so later requests need no token. It
+/// outlives the credential by [`SESSION_GRACE_SECS`]: the edge, not the browser, decides it has expired.
 pub fn session_cookie(grant: &Grant) -> Option<String> {
-    (grant.credential.transport == Transport::Query)
-        .then(|| cookie_for(&grant.credential.token, grant.remaining_secs))
+    grant
+        .credential
+        .transport
+        .is_query()
+        .then(|| cookie_for(&grant.credential.token, grant.remaining_secs.saturating_add(SESSION_GRACE_SECS)))
 }
 
 /// `preview_session=<value>` as the SPEC has it: host-only, HttpOnly, Secure, SameSite=None, Partitioned.
@@ -109,53 +148,118 @@ pub fn cookie_for(value: &str, max_age_secs: u64) -> String {
     )
 }
 
-/// The request's path and query without credential parameters: where to send the browser after a share
-/// password, so the token leaves the address bar.
-pub fn location_without_credentials(req: &RequestHeader) -> String {
-    let path = req.uri.path();
-    match req.uri.query().map(without_credential_params) {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path.to_string(),
+/// A navigation whose credential came in the query: answered with a redirect to the clean URL, so the
+/// token leaves the address bar, history, `location.href` and every later `Referer`.
+pub fn wants_clean_url(req: &RequestHeader, grant: &Grant) -> bool {
+    grant.credential.transport.is_query()
+        && req.method == http::Method::GET
+        && !req.headers.contains_key(http::header::UPGRADE)
+        && crate::pages::wants_html(req)
+}
+
+/// Which values are credentials, for stripping: our token formats, the credential that opened the route,
+/// and the route's own preview-auth token (by hash) — anything else in `token=` belongs to the app.
+pub struct Ours<'a> {
+    pub grant: Option<&'a Grant>,
+    pub sandbox: Option<&'a portico_wire::Sandbox>,
+}
+
+impl<'a> Ours<'a> {
+    pub fn new(grant: Option<&'a Grant>, route: Option<&'a crate::route::Route>) -> Self {
+        Self { grant, sandbox: route.and_then(|r| r.sandbox()).map(|s| &**s) }
+    }
+
+    fn token(&self, value: &str) -> bool {
+        has_our_prefix(value)
+            || self.grant.is_some_and(|g| g.credential.token == value)
+            || self.sandbox.and_then(|s| s.preview_auth_sha256.as_deref()).is_some_and(|expected| {
+                bool::from(tokens::sha256_hex(value).as_bytes().ct_eq(expected.as_bytes()))
+            })
+    }
+
+    /// A query without its credential parameters, every other parameter kept in order.
+    pub fn clean_query(&self, query: &str) -> String {
+        query
+            .split('&')
+            .filter(|p| {
+                let (name, value) = p.split_once('=').unwrap_or((p, ""));
+                match name {
+                    "preview_token" => false,
+                    "token" => !self.token(&decode(value)),
+                    _ => true,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// The request's path and query without credential parameters: where a navigation that brought its
+    /// credential in the query (or a share's password form) is sent next.
+    pub fn clean_location(&self, req: &RequestHeader) -> String {
+        let path = req.uri.path();
+        match req.uri.query().map(|q| self.clean_query(q)) {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path.to_string(),
+        }
+    }
+
+    /// A URL (a `Referer`) without credential parameters; its fragment is kept.
+    pub fn clean_url(&self, url: &str) -> String {
+        let (rest, fragment) = url.split_once('#').map_or((url, None), |(r, f)| (r, Some(f)));
+        let Some((base, query)) = rest.split_once('?') else { return url.to_string() };
+        let query = self.clean_query(query);
+        let mut out = if query.is_empty() { base.to_string() } else { format!("{base}?{query}") };
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        out
+    }
+
+    /// Removes every credential transport from the upstream request. `Authorization` goes when it opened
+    /// the route or carries one of our token formats: otherwise it belongs to the app.
+    pub fn strip(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        if let Some(query) = req.uri.query() {
+            if self.clean_query(query) != query {
+                let uri = self.clean_location(req).parse::<http::Uri>().map_err(|e| {
+                    pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "rewriting query", e)
+                })?;
+                req.set_uri(uri);
+            }
+        }
+        for name in HEADERS {
+            req.remove_header(name);
+        }
+        if let Some(referer) = req.headers.get(http::header::REFERER) {
+            let referer = String::from_utf8_lossy(referer.as_bytes()).into_owned();
+            let clean = self.clean_url(&referer);
+            if clean != referer {
+                req.insert_header(http::header::REFERER, clean)?;
+            }
+        }
+        let ours = bearer(req).is_some_and(has_our_prefix);
+        if ours || self.grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        if cookies(req).any(|(n, _)| n == SESSION_COOKIE) {
+            let kept: Vec<String> =
+                cookies(req).filter(|(n, _)| *n != SESSION_COOKIE).map(|(n, v)| format!("{n}={v}")).collect();
+            req.remove_header(&http::header::COOKIE);
+            if !kept.is_empty() {
+                req.insert_header(http::header::COOKIE, kept.join("; "))?;
+            }
+        }
+        Ok(())
     }
 }
 
-fn without_credential_params(query: &str) -> String {
-    query
-        .split('&')
-        .filter(|p| !QUERY_PARAMS.contains(&p.split_once('=').map_or(*p, |(n, _)| n)))
-        .collect::<Vec<_>>()
-        .join("&")
+/// One of the token formats control issues (`mp_`, `ms_`, a share session): never the app's own.
+fn has_our_prefix(token: &str) -> bool {
+    [PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX, password::SESSION_PREFIX].iter().any(|p| token.starts_with(p))
 }
 
-/// Removes every credential transport from the upstream request. `Authorization` goes when it opened the
-/// route or carries one of our token formats: otherwise it belongs to the app.
-pub fn strip(req: &mut RequestHeader, grant: Option<&Grant>) -> pingora::Result<()> {
-    if let Some(query) = req.uri.query() {
-        if without_credential_params(query) != query {
-            let uri = location_without_credentials(req).parse::<http::Uri>().map_err(|e| {
-                pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "rewriting query", e)
-            })?;
-            req.set_uri(uri);
-        }
-    }
-    for name in HEADERS {
-        req.remove_header(name);
-    }
-    let ours = bearer(req).is_some_and(|t| {
-        [PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX, password::SESSION_PREFIX].iter().any(|p| t.starts_with(p))
-    });
-    if ours || grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
-        req.remove_header(&http::header::AUTHORIZATION);
-    }
-    if cookies(req).any(|(n, _)| n == SESSION_COOKIE) {
-        let kept: Vec<String> =
-            cookies(req).filter(|(n, _)| *n != SESSION_COOKIE).map(|(n, v)| format!("{n}={v}")).collect();
-        req.remove_header(&http::header::COOKIE);
-        if !kept.is_empty() {
-            req.insert_header(http::header::COOKIE, kept.join("; "))?;
-        }
-    }
-    Ok(())
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query.split('&').filter_map(|p| p.split_once('='))
 }
 
 fn bearer(req: &RequestHeader) -> Option<&str> {

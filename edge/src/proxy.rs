@@ -57,6 +57,15 @@ pub struct Edge {
     pub usage: Arc<Usage>,
 }
 
+/// How steps 1–4 let a request through.
+enum Admitted {
+    /// On to the sandbox or deployment.
+    Proxy,
+    /// A navigation that brought its credential in the query: sent to the same URL without it, with the
+    /// session cookie, so the token never stays in the address bar or reaches the sandbox in a `Referer`.
+    Redirect { location: String, cookie: String },
+}
+
 /// What one request carries from filter to filter.
 pub struct Ctx {
     snap: Arc<Snapshot>,
@@ -95,32 +104,45 @@ impl Edge {
     }
 
     /// Steps 1–4. `Err` is the answer the edge gives instead of proxying.
-    async fn admit(&self, session: &Session, ctx: &mut Ctx) -> Result<(), EdgeError> {
+    async fn admit(&self, session: &Session, ctx: &mut Ctx) -> Result<Admitted, EdgeError> {
         let req = session.req_header();
         ctx.client_ip = self.clients.client_ip(session);
-        // 1. Route.
-        let route = route::resolve(&ctx.snap, request_host(req).ok_or(EdgeError::NotFound)?)?;
+        // 1. Route. HTTP/1.1 makes `Host` mandatory (RFC 9112 §3.2): without it the request is malformed.
+        let host = request_host(req).ok_or(match req.version {
+            http::Version::HTTP_11 => EdgeError::BadRequest,
+            _ => EdgeError::NotFound,
+        })?;
+        let route = route::resolve(&ctx.snap, host)?;
         ctx.route = Some(route.clone());
 
         // 2. Rate-limit: a locked-out IP is refused before its credential is looked at.
         let offered = auth::candidates(req);
-        self.limiter.admit(&route, ctx.client_ip, offered.first().map(|c| c.token.as_str()))?;
+        self.limiter.admit(&route, ctx.client_ip, !offered.is_empty())?;
 
-        // 3. Authenticate private routes; every credential refused counts toward the IP's lock-out.
+        // 3. Authenticate private routes; every credential refused counts toward the IP's lock-out, and
+        // the request budget is the accepted credential's.
         if route.visibility == Visibility::Private
             && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s))
         {
             let tried = offered.len();
             let grant = self.auth.authenticate(&ctx.snap, &route, offered).await;
-            self.limiter.record_auth(&route, ctx.client_ip, tried, grant.as_ref().err());
-            ctx.grant = Some(grant?);
+            self.limiter.record_auth(&route, ctx.client_ip, auth::failed_guesses(&grant, tried));
+            let grant = grant?;
+            self.limiter.admit_credential(&route, &grant.credential.token)?;
+            if auth::wants_clean_url(req, &grant) {
+                let ours = auth::Ours::new(Some(&grant), Some(&route));
+                let location = ours.clean_location(req);
+                let cookie = auth::session_cookie(&grant).unwrap_or_default();
+                return Ok(Admitted::Redirect { location, cookie });
+            }
+            ctx.grant = Some(grant);
         }
 
         // 4. Wake a hibernated sandbox: only requests admitted above get here.
         if let Some(sandbox) = route.sandbox() {
             ctx.woken_address = wake::ensure_awake(&self.waker, sandbox).await?;
         }
-        Ok(())
+        Ok(Admitted::Proxy)
     }
 
     /// A submitted share password: checked at control; when right, a session cookie and a redirect to
@@ -139,7 +161,7 @@ impl Edge {
             Ok(true) => {}
             Ok(false) => {
                 if let Some(route) = &ctx.route {
-                    self.limiter.record_auth(route, ctx.client_ip, 1, Some(&EdgeError::TokenInvalid));
+                    self.limiter.record_auth(route, ctx.client_ip, 1);
                 }
                 return Err(again(true));
             }
@@ -155,7 +177,7 @@ impl Edge {
             .unwrap_or(u64::MAX)
             .min(now + 24 * 3600);
         let cookie = auth::cookie_for(&self.auth.sessions.issue(share_id, exp), exp - now);
-        let location = auth::location_without_credentials(session.req_header());
+        let location = auth::Ours::new(None, ctx.route.as_ref()).clean_location(session.req_header());
         let frame_ancestors =
             ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
         let write = async {
@@ -218,7 +240,13 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         match self.admit(session, ctx).await {
-            Ok(()) => {
+            Ok(Admitted::Redirect { location, cookie }) => {
+                let frame_ancestors = ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str());
+                let header = pages::redirect(&location, &cookie, frame_ancestors)?;
+                session.write_response_header(Box::new(header), true).await?;
+                Ok(true)
+            }
+            Ok(Admitted::Proxy) => {
                 // 5. A static release is answered here, by the edge itself.
                 if let Some(route) = ctx.route.clone() {
                     if let Some(release) = route.release() {
@@ -289,7 +317,7 @@ impl ProxyHttp for Edge {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        auth::strip(req, ctx.grant.as_ref())?;
+        auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
         let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let host = request_host(session.req_header()).unwrap_or_default().to_string();
         headers::add_forwarded(req, &client_ip, self.scheme, &host)?;

@@ -184,12 +184,13 @@ impl Limiter {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// Step 2 for a routed request: the IP's failure lock-out (private routes), then the request budget.
+    /// Step 2 before any credential is looked at: a private route's failure lock-out for the client IP,
+    /// then the per-IP request budget of a public route, or of a private one offered no credential.
     pub fn admit(
         &self,
         route: &Route,
         client: Option<IpAddr>,
-        credential: Option<&str>,
+        offers_credential: bool,
     ) -> Result<(), EdgeError> {
         let tenant = &route.tenant.tenant;
         let limits = &route.tenant.rate_limits;
@@ -199,35 +200,39 @@ impl Limiter {
             let outcome = self.locked_out(key, Policy::per_minute(limits.auth_failures_per_ip), now);
             record(&key, outcome, None);
             outcome.into_result()?;
-        }
-        let (kind, subject, rate) = match credential {
-            Some(token) if route.visibility == Visibility::Private => {
-                (KeyKind::Token, Subject::Credential(token), limits.private_per_token)
+            if offers_credential {
+                // Counted per credential once step 3 knows which one opened the route.
+                return Ok(());
             }
-            _ => (KeyKind::Ip, Subject::Ip(client), limits.public_per_ip),
-        };
-        let key = Key { tenant: &tenant.id, kind, subject };
-        let decision = self.check(key, Policy::per_second(rate), 1, now);
+        }
+        let key = Key { tenant: &tenant.id, kind: KeyKind::Ip, subject: Subject::Ip(client) };
+        self.spend(key, Policy::per_second(limits.public_per_ip), now)
+    }
+
+    /// Step 2 for a private route after step 3: the budget of the credential that was accepted — not of
+    /// whatever came first, so a fresh decoy per request buys no fresh budget.
+    pub fn admit_credential(&self, route: &Route, credential: &str) -> Result<(), EdgeError> {
+        let tenant = &route.tenant.tenant;
+        let key = Key { tenant: &tenant.id, kind: KeyKind::Token, subject: Subject::Credential(credential) };
+        self.spend(key, Policy::per_second(route.tenant.rate_limits.private_per_token), self.now_us())
+    }
+
+    fn spend(&self, key: Key<'_>, policy: Policy, now: u64) -> Result<(), EdgeError> {
+        let decision = self.check(key, policy, 1, now);
         record(&key, decision.outcome, Some(decision.observed_rps));
         decision.outcome.into_result()
     }
 
-    /// After step 3: a refused credential counts against the client IP, one per credential offered (a
-    /// request carrying eight guesses makes eight). A request with no credential guessed nothing.
-    pub fn record_auth(
-        &self,
-        route: &Route,
-        client: Option<IpAddr>,
-        offered: usize,
-        refusal: Option<&EdgeError>,
-    ) {
-        if !matches!(refusal, Some(EdgeError::TokenInvalid | EdgeError::TokenExpired)) {
+    /// After step 3: every credential refused counts against the client IP — a request carrying eight
+    /// guesses makes eight, and so do decoys offered ahead of a credential that passed.
+    pub fn record_auth(&self, route: &Route, client: Option<IpAddr>, failures: usize) {
+        if failures == 0 {
             return;
         }
         let tenant = &route.tenant.tenant;
         let key = Key { tenant: &tenant.id, kind: KeyKind::AuthFailures, subject: Subject::Ip(client) };
         let policy = Policy::per_minute(route.tenant.rate_limits.auth_failures_per_ip);
-        let cost = u32::try_from(offered.max(1)).unwrap_or(u32::MAX);
+        let cost = u32::try_from(failures).unwrap_or(u32::MAX);
         let observed = self.consume(key, policy, cost, self.now_us());
         metrics::RATELIMIT_OBSERVED_RPS.with_label_values(&[&tenant.id, key.kind.label()]).observe(observed);
     }

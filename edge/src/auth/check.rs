@@ -68,9 +68,9 @@ impl Authenticator {
         }
         let now = now_secs();
         let mut failure = EdgeError::TokenInvalid;
-        for credential in offered {
+        for (refused, credential) in offered.into_iter().enumerate() {
             match self.check(snap, route, &credential, now).await {
-                Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs }),
+                Ok((kind, remaining_secs)) => return Ok(Grant { kind, credential, remaining_secs, refused }),
                 Err(e @ EdgeError::SharePassword { .. }) => failure = e,
                 Err(e @ EdgeError::TokenExpired) if !matches!(failure, EdgeError::SharePassword { .. }) => {
                     failure = e
