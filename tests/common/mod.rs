@@ -1,6 +1,7 @@
 //! The end-to-end harness: real `portico` processes and fake sandboxes on loopback, one set per test.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod sandbox;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
