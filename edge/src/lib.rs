@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod ratelimit;
+pub mod resolve;
 pub mod route;
 pub mod state;
 pub mod statics;
@@ -78,6 +79,8 @@ pub enum StartError {
     RedirectWithoutHttps,
     #[error("setting up the HTTPS listener: {0}")]
     Tls(Box<pingora::Error>),
+    #[error("setting up DNS for sandbox host names: {0}")]
+    Dns(#[from] hickory_resolver::net::NetError),
 }
 
 /// Builds the Pingora server: the proxy on `--http`, metrics on `--metrics`, the feed in the background.
@@ -156,6 +159,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     };
     let releases = Arc::new(statics::Releases::new(releases_dir, control.clone()));
     let usage = Arc::new(usage::Usage::default());
+    let dns = Arc::new(resolve::Resolver::from_system()?);
     // One pipeline for both listeners: limits, credentials and wakes are shared; only the scheme differs.
     let edge = |scheme: &'static str, https_redirect: Option<Arc<tls::HttpsRedirect>>| proxy::Edge {
         waker: waker.clone(),
@@ -170,6 +174,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         deployments: deployments.clone(),
         releases: releases.clone(),
         usage: usage.clone(),
+        dns: dns.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

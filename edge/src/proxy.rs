@@ -22,6 +22,7 @@ use crate::lookup::LookupError;
 use crate::metrics;
 use crate::pages::{self, PageContext};
 use crate::ratelimit::Limiter;
+use crate::resolve::Resolver;
 use crate::route::{self, Route, Target};
 use crate::state::{EdgeState, Snapshot};
 use crate::statics::Releases;
@@ -56,6 +57,8 @@ pub struct Edge {
     pub releases: Arc<Releases>,
     /// Requests and bytes per sandbox/deployment, reported to control.
     pub usage: Arc<Usage>,
+    /// Step 5: sandbox host names, resolved asynchronously and cached, checked against the policy.
+    pub dns: Arc<Resolver>,
 }
 
 /// How steps 1–4 let a request through.
@@ -288,13 +291,15 @@ impl ProxyHttp for Edge {
         let mut peer = match &route.target {
             Target::Sandbox { sandbox, port } => {
                 let address = ctx.woken_address.as_deref().unwrap_or(sandbox.address.as_str());
-                // An IP literal outside the policy (e.g. a tenant narrowed after the sandbox was made).
-                if let Ok(ip) = address.parse::<std::net::IpAddr>() {
-                    if !upstream::allowed(ip, ctx.snap.upstream_allow(), &route.tenant.tenant) {
-                        return Err(Error::explain(ConnectNoRoute, "address outside the upstream policy"));
-                    }
-                }
-                HttpPeer::new((address, *port), false, String::new())
+                // Only inside the policy (a tenant may have been narrowed after the sandbox was made), and
+                // a host name only when every address it resolves to is.
+                let allowed = |ip| upstream::allowed(ip, ctx.snap.upstream_allow(), &route.tenant.tenant);
+                let ip = self
+                    .dns
+                    .dial_ip(address, allowed)
+                    .await
+                    .map_err(|refused| Error::explain(ConnectNoRoute, refused.to_string()))?;
+                HttpPeer::new(std::net::SocketAddr::new(ip, *port), false, String::new())
             }
             // Round-robin over the active version's healthy instances, skipping one that refused.
             Target::Deployment(d) => {
