@@ -53,6 +53,78 @@ async fn public_sandbox_port_is_proxied_with_host_unchanged_and_forwarded_header
 }
 
 #[tokio::test]
+async fn a_sandbox_response_cannot_widen_its_tenants_policies() {
+    let stack = Stack::start().await;
+    let (_, fake, id) = public_sandbox(&stack).await;
+    let host = format!("{}-{id}.sandbox.localhost", fake.port());
+    let q = |h: &str| format!("h={}", h.replace('%', "%25").replace('&', "%26").replace(' ', "%20"));
+    let query = [
+        q("content-security-policy: default-src *, frame-ancestors *"),
+        q("content-security-policy: script-src 'self'; frame-ancestors https://evil.example"),
+        q("x-frame-options: ALLOWALL"),
+        q("set-cookie: theme=dark; Domain=sandbox.localhost; Path=/; SameSite=Lax"),
+        q("set-cookie: preview_session=forged; Path=/"),
+        q("set-cookie: PREVIEW_SESSION=forged2"),
+    ]
+    .join("&");
+    let resp = stack
+        .edge
+        .client()
+        .get(stack.edge.url(&host, &format!("/respond?{query}")))
+        .header("forwarded", "for=1.2.3.4")
+        .header("x-real-ip", "1.2.3.4")
+        .header("x-forwarded-port", "443")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    let csp: Vec<&str> = h.get_all("content-security-policy").iter().map(|v| v.to_str().unwrap()).collect();
+    let fa = "frame-ancestors https://app.acme.dev";
+    assert_eq!(csp, vec![format!("default-src *; {fa}, {fa}"), format!("script-src 'self'; {fa}")]);
+    assert!(h.get("x-frame-options").is_none());
+    let cookies: Vec<&str> = h.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, vec!["theme=dark; Path=/; SameSite=Lax"], "host-only, and never the edge's session");
+
+    // Client headers that claim to say who the client is never reach the sandbox.
+    let resp =
+        stack.edge.client().get(stack.edge.url(&host, "/")).header("x-real-ip", "1.2.3.4").send().await;
+    let echo: Value = resp.expect("request").json().await.expect("json");
+    assert_eq!(header(&echo, "x-real-ip"), None);
+}
+
+#[tokio::test]
+async fn a_port_that_does_not_speak_http_is_upstream_bad_response_not_unreachable() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let ip = common::sandbox_ip();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let _server = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+        }
+    });
+    let sb = tenant.sandbox(json!({"address": ip.to_string(), "default_visibility": "public"})).await;
+    stack.synced().await;
+    let host = format!("{port}-{}.sandbox.localhost", sb["id"].as_str().unwrap());
+    let resp = stack
+        .edge
+        .client()
+        .get(stack.edge.url(&host, "/"))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-edge-error"], "upstream_bad_response");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("did not answer in HTTP"), "{page}");
+    assert!(!page.contains("Nothing is listening"), "{page}");
+}
+
+#[tokio::test]
 async fn second_sandbox_host_form_and_preview_slugs_route() {
     let stack = Stack::start().await;
     let (tenant, fake, id) = public_sandbox(&stack).await;

@@ -153,6 +153,13 @@ fn extras(err: &EdgeError, ctx: PageContext<'_>) -> (String, String, String) {
                 .to_string(),
             String::new(),
         ),
+        EdgeError::UpstreamBadResponse { .. } => (
+            String::new(),
+            "<p>Something accepted the connection but answered in another protocol: a database, an SSH or \
+             TLS server, or a dev server still starting. Point the preview at the port of the web server.</p>"
+                .to_string(),
+            String::new(),
+        ),
         EdgeError::TokenExpired => {
             let msg = serde_json::json!({
                 "type": "portico:preview:expired",

@@ -27,6 +27,7 @@ impl FakeSandbox {
     pub async fn start(ip: IpAddr, port: u16) -> FakeSandbox {
         let app = Router::new()
             .route("/ws", get(ws))
+            .route("/respond", get(respond))
             .route(
                 "/slow",
                 get(|| async {
@@ -69,6 +70,48 @@ async fn echo(req: Request) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// Answers with the response headers the query names (`?h=name:value&h=…`, repeatable): what hostile
+/// sandbox code could send back to widen its tenant's policies.
+async fn respond(axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let mut resp = "ok".into_response();
+    for value in query.unwrap_or_default().split('&').filter_map(|p| p.strip_prefix("h=")) {
+        let value = percent_decode(value);
+        if let Some((name, v)) = value.split_once(':') {
+            if let (Ok(n), Ok(v)) =
+                (axum::http::HeaderName::try_from(name.trim()), axum::http::HeaderValue::try_from(v.trim()))
+            {
+                resp.headers_mut().append(n, v);
+            }
+        }
+    }
+    resp
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => {
+                let hex = std::str::from_utf8(hex).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Sends the Host it saw, then echoes every message.
