@@ -7,7 +7,10 @@ use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::{Change, FeedMessage, Settings, Snapshot};
 use serde::Deserialize;
@@ -62,25 +65,53 @@ pub struct FeedQuery {
 pub async fn handler(
     State(app): State<App>,
     _: EdgeKey,
+    headers: HeaderMap,
     ApiQuery(query): ApiQuery<FeedQuery>,
-) -> ApiResult<Json<FeedMessage>> {
+) -> ApiResult<Response> {
     let wait = Duration::from_secs(query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT));
-    Ok(Json(long_poll(&app, query.since, wait).await?))
+    match long_poll(&app, query.since, wait).await? {
+        Next::Changes(message) => Ok(Json(message).into_response()),
+        Next::Snapshot => {
+            let gzip = app.snapshots.latest(&app.pool).await?;
+            let accepts_gzip = headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+            let mut resp = if accepts_gzip {
+                let mut resp = Response::new(Body::from(gzip));
+                resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                resp
+            } else {
+                // An edge built without gzip support: inflate this one answer for it.
+                Response::new(Body::from(snapshots::inflate(&gzip)?))
+            };
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(resp)
+        }
+    }
 }
 
-async fn long_poll(app: &AppState, since: u64, wait: Duration) -> ApiResult<FeedMessage> {
+/// What a long-poll answers: changes (or none), or the whole state.
+enum Next {
+    Changes(FeedMessage),
+    /// The edge is new, or too far behind: it gets the latest snapshot.
+    Snapshot,
+}
+
+async fn long_poll(app: &AppState, since: u64, wait: Duration) -> ApiResult<Next> {
     // Subscribe before reading, so a commit between the read and the wait still wakes us.
     let mut rx = app.notify.subscribe();
     let mut shutdown = app.shutdown.subscribe();
     let deadline = Instant::now() + wait;
     loop {
-        if let Some(message) = answer(&app.pool, since).await? {
-            return Ok(message);
+        if let Some(next) = next(&app.pool, since).await? {
+            return Ok(next);
         }
         let now = Instant::now();
         // Shutting down: "no changes" now; the edge re-polls another replica or this one once restarted.
         if now >= deadline || *shutdown.borrow_and_update() {
-            return Ok(FeedMessage::Changes { version: since, changes: Vec::new() });
+            return Ok(Next::Changes(FeedMessage::Changes { version: since, changes: Vec::new() }));
         }
         let tick = (deadline - now).min(RECHECK);
         tokio::select! {
@@ -95,8 +126,18 @@ async fn long_poll(app: &AppState, since: u64, wait: Duration) -> ApiResult<Feed
     }
 }
 
-/// The answer for an edge at `since`, or `None` when it is up to date.
+/// The answer for an edge at `since`, or `None` when it is up to date, with a snapshot built in place.
+#[cfg(test)]
 pub async fn answer(pool: &AnyPool, since: u64) -> ApiResult<Option<FeedMessage>> {
+    Ok(match next(pool, since).await? {
+        Some(Next::Changes(message)) => Some(message),
+        Some(Next::Snapshot) => Some(FeedMessage::Snapshot { snapshot: current_snapshot(pool).await? }),
+        None => None,
+    })
+}
+
+/// What an edge at `since` needs, or `None` when it is up to date.
+async fn next(pool: &AnyPool, since: u64) -> ApiResult<Option<Next>> {
     let mut tx = db::begin_read(pool).await?;
     let current: i64 =
         sqlx::query_scalar("SELECT version FROM feed_state WHERE id = 1").fetch_one(&mut *tx).await?;
@@ -109,13 +150,21 @@ pub async fn answer(pool: &AnyPool, since: u64) -> ApiResult<Option<FeedMessage>
     // 0: a new edge. Ahead of us: the database was reset. Behind what is retained: the gap is lost.
     let too_old = oldest.is_none_or(|oldest| since < oldest - 1);
     if since == 0 || since > current || too_old {
-        let snapshot = snapshot(&mut tx, current).await?;
-        return Ok(Some(FeedMessage::Snapshot { snapshot }));
+        return Ok(Some(Next::Snapshot));
     }
     let rows = change_rows(&mut tx, since).await?;
     let Some(version) = rows.last().map(|r| r.0) else { return Ok(None) };
     let changes = resolve(&mut tx, &rows).await?;
-    Ok(Some(FeedMessage::Changes { version: u64::try_from(version).unwrap_or_default(), changes }))
+    let version = u64::try_from(version).unwrap_or_default();
+    Ok(Some(Next::Changes(FeedMessage::Changes { version, changes })))
+}
+
+/// The whole state at the database's current version, read in one transaction.
+pub(crate) async fn current_snapshot(pool: &AnyPool) -> ApiResult<Snapshot> {
+    let mut tx = db::begin_read(pool).await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT version FROM feed_state WHERE id = 1").fetch_one(&mut *tx).await?;
+    snapshot(&mut tx, current).await
 }
 
 async fn snapshot(conn: &mut AnyConnection, version: i64) -> ApiResult<Snapshot> {
@@ -278,5 +327,6 @@ pub async fn prune_forever(state: Weak<AppState>) {
     }
 }
 
+pub mod snapshots;
 #[cfg(test)]
 mod tests;

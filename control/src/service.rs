@@ -99,6 +99,7 @@ impl Control {
             templates,
             shutdown: watch::channel(false).0,
             // PBKDF2 is CPU-bound and runs on the blocking pool: no more at once than there are cores.
+            snapshots: Default::default(),
             guessing: guessing::Guessing::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),

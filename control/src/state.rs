@@ -7,7 +7,7 @@ use sqlx::AnyPool;
 use tokio::sync::watch;
 
 use crate::releases::ReleaseLimits;
-use crate::{dns, guessing, wake};
+use crate::{dns, feed, guessing, wake};
 
 /// State shared by every request handler.
 pub(crate) struct AppState {
@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// Share-password attempts per share and per client IP, and the bound on hashes at once.
     pub guessing: guessing::Guessing,
+    /// The latest feed snapshot, compressed once and shared by every edge that starts.
+    pub snapshots: feed::snapshots::Snapshots,
 }
 
 pub(crate) type App = Arc<AppState>;

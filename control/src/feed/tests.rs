@@ -91,3 +91,25 @@ async fn pool_with_recent() -> AnyPool {
     add_changes(&pool, &rows, now_ms()).await;
     pool
 }
+
+#[tokio::test]
+async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
+    let pool = pool().await;
+    add_changes(&pool, &[(3, "gone")], now_ms()).await;
+    let snapshots = snapshots::Snapshots::default();
+    let (a, b) = tokio::join!(snapshots.latest(&pool), snapshots.latest(&pool));
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(a.as_ptr(), b.as_ptr(), "one build, shared");
+    let parsed: FeedMessage =
+        serde_json::from_slice(&snapshots::inflate(&a).expect("inflate")).expect("json");
+    assert!(matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == 3));
+
+    add_changes(&pool, &[(4, "gone2")], now_ms()).await;
+    let c = snapshots.latest(&pool).await.expect("after a change");
+    let parsed: FeedMessage =
+        serde_json::from_slice(&snapshots::inflate(&c).expect("inflate")).expect("json");
+    assert!(
+        matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == 4),
+        "a new version rebuilds"
+    );
+}

@@ -1,0 +1,86 @@
+//! The snapshot an edge gets when it starts (or fell too far behind), built once per version and shared.
+//!
+//! Ten edges cold-starting at once against a million sandboxes must not make control build and hold ten
+//! copies of the whole state. The latest snapshot is serialised straight into a gzip stream (no JSON string
+//! of it ever exists) and kept compressed; builds are single-flight — whoever finds the cache stale builds
+//! while the others wait on the same lock and then share the result. So control holds one compressed copy,
+//! plus one build's rows at a time, however many edges ask.
+
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use portico_wire::FeedMessage;
+use sqlx::AnyPool;
+use tokio::sync::Mutex;
+
+use crate::error::{ApiError, ApiResult};
+
+/// Fast compression: the feed is built on the request path of a starting edge.
+const LEVEL: flate2::Compression = flate2::Compression::fast();
+/// An inflated snapshot larger than this is refused rather than buffered (for edges without gzip).
+const MAX_INFLATED: u64 = 4 << 30;
+
+#[derive(Default)]
+pub struct Snapshots {
+    latest: Mutex<Option<(u64, Bytes)>>,
+}
+
+impl Snapshots {
+    /// The gzip-compressed `FeedMessage::Snapshot` at the database's current version.
+    pub async fn latest(&self, pool: &AnyPool) -> ApiResult<Bytes> {
+        let mut latest = self.latest.lock().await;
+        let current = current_version(pool).await?;
+        if let Some((version, gzip)) = latest.as_ref() {
+            if *version >= current {
+                return Ok(gzip.clone());
+            }
+        }
+        let snapshot = super::current_snapshot(pool).await?;
+        let version = snapshot.version;
+        let message = FeedMessage::Snapshot { snapshot };
+        let gzip = tokio::task::spawn_blocking(move || compress(&message))
+            .await
+            .map_err(|e| ApiError::Internal(format!("compressing the snapshot: {e}")))??;
+        *latest = Some((version, gzip.clone()));
+        Ok(gzip)
+    }
+}
+
+fn compress(message: &FeedMessage) -> ApiResult<Bytes> {
+    let mut encoder = GzEncoder::new(Vec::new(), LEVEL);
+    serde_json::to_writer(&mut encoder, message)
+        .map_err(|e| ApiError::Internal(format!("serialising the snapshot: {e}")))?;
+    let out = encoder.finish().and_then(|mut w| w.flush().map(|()| w));
+    out.map(Bytes::from).map_err(|e| ApiError::Internal(format!("compressing the snapshot: {e}")))
+}
+
+/// The plain JSON, for an edge that did not ask for gzip.
+pub fn inflate(gzip: &[u8]) -> ApiResult<Bytes> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(gzip)
+        .take(MAX_INFLATED)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::Internal(format!("inflating the snapshot: {e}")))?;
+    Ok(Bytes::from(out))
+}
+
+async fn current_version(pool: &AnyPool) -> ApiResult<u64> {
+    let v: i64 = sqlx::query_scalar("SELECT version FROM feed_state WHERE id = 1").fetch_one(pool).await?;
+    Ok(u64::try_from(v).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_wire::Change;
+
+    #[test]
+    fn compressed_messages_inflate_to_the_same_json() {
+        let message =
+            FeedMessage::Changes { version: 7, changes: vec![Change::DeleteSandbox { id: "abcd".into() }] };
+        let gzip = compress(&message).expect("compress");
+        let json = inflate(&gzip).expect("inflate");
+        assert_eq!(json, serde_json::to_vec(&message).expect("json"));
+    }
+}
