@@ -186,3 +186,87 @@ fn every_flag_also_reads_its_portico_environment_variable() {
     let (ok, text) = check(&["edge"], &[("PORTICO_CONTROL_URL", &dead)]);
     assert!(!ok && text.contains(&dead), "{text}");
 }
+
+#[tokio::test]
+async fn every_request_has_an_id_in_errors_upstream_and_the_access_log() {
+    let stack = Stack::start().await;
+    let client = stack.edge.client();
+    // An error: the id in the header, the JSON body and the HTML page.
+    let resp = client
+        .get(stack.edge.url("nothing.sandbox.localhost", "/"))
+        .header("x-request-id", "planted-by-a-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "generated, not the client's: {id}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["request_id"], id.as_str(), "{v}");
+    assert_eq!(v["error"]["code"], "not_found");
+    let page = client
+        .get(stack.edge.url("nothing.sandbox.localhost", "/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    let page_id = page.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(page_id, id, "one id per request");
+    assert!(page.text().await.unwrap().contains(&format!("Reference: {page_id}")));
+
+    // Proxied: the sandbox sees the edge's id, never the one an untrusted client sent.
+    let tenant = stack.admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let sb =
+        tenant.sandbox(json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"})).await;
+    let host = format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap());
+    until_status(&client, &stack.edge.url(&host, "/"), 200, Duration::from_secs(2)).await;
+    let echo: serde_json::Value = client
+        .get(stack.edge.url(&host, "/"))
+        .header("x-request-id", "planted-by-a-client")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upstream = common::sandbox::header(&echo, "x-request-id").expect("sent upstream").to_string();
+    assert!(upstream.len() == 32 && upstream.bytes().all(|b| b.is_ascii_hexdigit()), "{upstream}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = stack.edge.log();
+    assert!(
+        log.lines().any(|l| l.contains("access") && l.contains(&upstream)),
+        "the access log line names {upstream}: {log}"
+    );
+    assert!(log.lines().any(|l| l.contains("access") && l.contains(&id)), "errors are logged with theirs");
+
+    // Behind a trusted proxy, its sane id is kept end to end; an insane one is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let behind = common::Edge::start_with(
+        &stack.control.url,
+        &dir.path().join("behind"),
+        &["--trusted-proxy", "127.0.0.1/32"],
+    )
+    .await;
+    let via = behind.client();
+    until_status(&via, &behind.url(&host, "/"), 200, Duration::from_secs(2)).await;
+    let upstream_id = |value: String| {
+        let (via, url) = (via.clone(), behind.url(&host, "/"));
+        async move {
+            let echo: serde_json::Value =
+                via.get(url).header("x-request-id", value).send().await.unwrap().json().await.unwrap();
+            common::sandbox::header(&echo, "x-request-id").map(str::to_string)
+        }
+    };
+    assert_eq!(upstream_id("lb-7f3a:42".into()).await.as_deref(), Some("lb-7f3a:42"));
+    let long = "a".repeat(129);
+    let replaced = upstream_id(long.clone()).await.unwrap();
+    assert!(replaced != long && replaced.len() == 32, "{replaced}");
+    let resp = via
+        .get(behind.url("nothing.sandbox.localhost", "/"))
+        .header("x-request-id", "lb-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "lb-1");
+}

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request_id;
 pub mod route;
 pub mod state;
 pub mod statics;
