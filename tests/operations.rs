@@ -187,6 +187,83 @@ fn every_flag_also_reads_its_portico_environment_variable() {
     assert!(!ok && text.contains(&dead), "{text}");
 }
 
+
+/// The edge's metrics listener, as a probe or Prometheus sees it: (status, body).
+async fn probe(url: String) -> (u16, String) {
+    let resp = reqwest::get(url).await.expect("probe answers");
+    (resp.status().as_u16(), resp.text().await.expect("text"))
+}
+
+#[tokio::test]
+async fn edges_answer_health_and_readiness_on_the_metrics_listener() {
+    let stack = Stack::start().await;
+    let edge = &stack.edge;
+    assert_eq!(probe(format!("http://{}/healthz", edge.metrics)).await, (200, "ok\n".to_string()));
+    let (status, body) = probe(format!("http://{}/readyz", edge.metrics)).await;
+    assert_eq!(status, 200, "{body}");
+    let synced = edge.metric("portico_config_last_sync_timestamp_seconds").await.expect("last sync");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 30.0..=now + 1.0).contains(&synced), "{synced} vs {now}");
+
+    // A state older than --ready-max-age: still served, but not ready. (An idle edge hears from control
+    // at least every 25 s, well inside the default 60 s.)
+    let dir = tempfile::tempdir().unwrap();
+    let strict =
+        common::Edge::start_with(&stack.control.url, &dir.path().join("strict"), &["--ready-max-age", "1s"])
+            .await;
+    let url = format!("http://{}/readyz", strict.metrics);
+    common::wait_until("the strict edge to turn unready", Duration::from_secs(10), || async {
+        let (status, body) = probe(url.clone()).await;
+        status == 503 && body.starts_with("routing state ") && body.trim_end().ends_with("s old")
+    })
+    .await;
+
+    // An edge that never reached control: alive, not ready, and its age counts from its start.
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let lost = common::Edge::start(&dead, &dir.path().join("lost")).await;
+    assert_eq!(probe(format!("http://{}/healthz", lost.metrics)).await.0, 200);
+    let (status, body) = probe(format!("http://{}/readyz", lost.metrics)).await;
+    assert_eq!((status, body.as_str()), (503, "never synced with control\n"));
+    assert_eq!(lost.metric("portico_config_last_sync_timestamp_seconds").await, Some(0.0));
+    let age = lost.metric("portico_config_age_seconds").await.expect("age");
+    assert!((0.0..60.0).contains(&age), "seconds since start, not a sentinel: {age}");
+}
+
+#[tokio::test]
+async fn metrics_name_the_build_the_process_and_keep_control_apart() {
+    let stack = Stack::start().await;
+    let text = stack.edge.metrics_text().await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(text.contains(&format!("portico_build_info{{version=\"{version}\"}} 1")), "{text}");
+    assert!(text.contains("\nprocess_start_time_seconds "), "process metrics: {text}");
+    assert!(
+        !text.contains("portico_certificate_soonest_expiry_timestamp_seconds "),
+        "no certificate, no sample"
+    );
+    assert!(!text.contains(" -1\n"), "no -1 sentinels: {text}");
+
+    let (status, control) = probe(format!("{}/metrics", stack.control.url)).await;
+    assert_eq!(status, 200);
+    for series in [
+        format!("portico_control_build_info{{version=\"{version}\"}} 1"),
+        "portico_control_database_up 1".to_string(),
+        "portico_control_certificates{state=\"uploaded\"} 0".to_string(),
+        "portico_control_process_start_time_seconds ".to_string(),
+        "portico_control_feed_version ".to_string(),
+    ] {
+        assert!(control.contains(&series), "{series} in {control}");
+    }
+    let samples = control.lines().filter(|l| !l.starts_with('#'));
+    for line in samples {
+        assert!(
+            line.starts_with("portico_control_"),
+            "control's series share no name with the edge's: {line}"
+        );
+    }
+    let (status, body) = probe(format!("{}/readyz", stack.control.url)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+}
+
 #[tokio::test]
 async fn every_request_has_an_id_in_errors_upstream_and_the_access_log() {
     let stack = Stack::start().await;

@@ -65,6 +65,7 @@ pub async fn handler(
     ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> ApiResult<Json<FeedMessage>> {
     let wait = Duration::from_secs(query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT));
+    let _open = crate::metrics::FeedPoll::open();
     Ok(Json(long_poll(&app, query.since, wait).await?))
 }
 

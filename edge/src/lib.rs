@@ -57,6 +57,8 @@ pub struct EdgeConfig {
     pub certs_dir: Option<PathBuf>,
     /// Send plain-HTTP requests for hosts that have a certificate to HTTPS (`--redirect-https`).
     pub redirect_https: bool,
+    /// `/readyz` on the metrics listener answers 503 once control last confirmed the state this long ago.
+    pub ready_max_age: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +197,8 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     }
 
     if let Some(addr) = &config.metrics {
-        let mut svc = Service::new("metrics".to_string(), metrics::MetricsApp { state: state.clone() });
+        let app = metrics::MetricsApp { state: state.clone(), ready_max_age: config.ready_max_age };
+        let mut svc = Service::new("metrics".to_string(), app);
         svc.add_tcp(addr);
         server.add_service(svc);
     }
