@@ -187,11 +187,76 @@ fn every_flag_also_reads_its_portico_environment_variable() {
     assert!(!ok && text.contains(&dead), "{text}");
 }
 
-
 /// The edge's metrics listener, as a probe or Prometheus sees it: (status, body).
 async fn probe(url: String) -> (u16, String) {
     let resp = reqwest::get(url).await.expect("probe answers");
     (resp.status().as_u16(), resp.text().await.expect("text"))
+}
+
+#[tokio::test]
+async fn control_exits_within_5s_of_sigterm_while_an_edge_holds_a_long_poll() {
+    let mut stack = Stack::start().await;
+    let url = format!("{}/metrics", stack.control.url);
+    // The edge is synced and idle: its next feed request waits at control for a change.
+    common::wait_until("the edge's long-poll to be open at control", Duration::from_secs(5), || async {
+        probe(url.clone()).await.1.lines().any(|l| {
+            l.strip_prefix("portico_control_feed_long_polls ").and_then(|v| v.parse::<f64>().ok())
+                >= Some(1.0)
+        })
+    })
+    .await;
+    let took = stack.control.proc.terminate();
+    assert!(took < Duration::from_secs(5), "control took {took:?} to exit after SIGTERM");
+    // The edge keeps serving from its state without control.
+    let (status, _) = probe(format!("http://{}/healthz", stack.edge.metrics)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_token_without_a_port_embeds_the_newest_preview_else_port_3000() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let sb = tenant.sandbox(json!({"address": "127.0.0.9"})).await;
+    let id = sb["id"].as_str().unwrap();
+    let mint = || tenant.ok("POST", "/v1/preview-tokens", Some(json!({"sandbox_id": id})), 201);
+    let minted = mint().await;
+    let token = minted["token"].as_str().unwrap();
+    assert_eq!(
+        minted["embed_url"].as_str(),
+        Some(format!("http://3000-{id}.sandbox.localhost/?token={token}").as_str()),
+        "no preview: the default embed port"
+    );
+    let previews = format!("/v1/sandboxes/{id}/previews");
+    tenant.ok("POST", &previews, Some(json!({"port": 5173})), 201).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let newest = tenant.ok("POST", &previews, Some(json!({"port": 4000})), 201).await;
+    let minted = mint().await;
+    let token = minted["token"].as_str().unwrap();
+    assert_eq!(
+        minted["embed_url"].as_str(),
+        Some(format!("{}?token={token}", newest["url"].as_str().unwrap()).as_str()),
+        "the newest preview: {minted}"
+    );
+}
+
+#[tokio::test]
+async fn a_2mb_json_body_is_answered_413_with_a_readable_error() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let body =
+        format!(r#"{{"address":"127.0.0.9","metadata":{{"blob":"{}"}}}}"#, "x".repeat(2 * 1024 * 1024));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/sandboxes", stack.control.url))
+        .bearer_auth(&tenant.key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the whole body is taken and answered, no broken pipe");
+    assert_eq!(resp.status(), 413);
+    let v: serde_json::Value = resp.json().await.expect("a JSON error body");
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("larger than")), "{v}");
 }
 
 #[tokio::test]
