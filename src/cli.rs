@@ -89,11 +89,22 @@ struct UpArgs {
     #[command(flatten)]
     https: HttpsArgs,
     #[command(flatten)]
+    ready: ReadyArgs,
+    #[command(flatten)]
     releases: ReleaseArgs,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     common: Common,
+}
+
+/// The edge's readiness probe (`edge` and `up`).
+#[derive(Args, Debug, Clone)]
+struct ReadyArgs {
+    /// `GET /readyz` on the metrics listener answers 503 once control last confirmed the routing state
+    /// this long ago (or never did); the edge keeps serving its state either way (`60s`, `5m`).
+    #[arg(long, env = "PORTICO_READY_MAX_AGE", default_value = "60s", value_parser = parse_duration)]
+    ready_max_age: Duration,
 }
 
 /// Rate limits for tenants that set none of their own (`PUT /v1/tenant/rate-limits`).
@@ -274,6 +285,8 @@ struct EdgeArgs {
     /// Take over the listening sockets of a running edge (zero-downtime upgrade).
     #[arg(long, env = "PORTICO_UPGRADE")]
     upgrade: bool,
+    #[command(flatten)]
+    ready: ReadyArgs,
     /// A proxy in front of the edge, as a CIDR (repeatable): from these peers the client is the right-most
     /// untrusted `X-Forwarded-For` address. Others are their own client, whatever they forward.
     #[arg(long = "trusted-proxy", env = "PORTICO_TRUSTED_PROXY", value_name = "CIDR", value_delimiter = ',')]
@@ -493,6 +506,7 @@ fn edge(a: EdgeArgs) -> anyhow::Result<()> {
         https: a.https.https.map(|h| h.to_string()),
         certs_dir: a.https.certs_dir,
         redirect_https: a.https.redirect_https,
+        ready_max_age: a.ready.ready_max_age,
     };
     if a.common.check {
         let report = tokio::runtime::Runtime::new()?.block_on(portico_edge::check(&config))?;
@@ -573,6 +587,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         https: a.https.https.map(|h| h.to_string()),
         certs_dir: a.https.certs_dir,
         redirect_https: a.https.redirect_https,
+        ready_max_age: a.ready.ready_max_age,
     };
     tracing::info!(http = %a.http, "edge listening; try http://3000-<sandbox>.sandbox.localhost:{}", a.http.port());
     portico_edge::server(config)?.run_forever()

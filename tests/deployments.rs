@@ -296,8 +296,8 @@ async fn custom_domains_route_and_cannot_be_claimed_twice() {
     assert!(shown["domains"][0]["certificate"]["expires_at"].is_string(), "{shown}");
     let metrics =
         reqwest::get(format!("{}/metrics", acme.url)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("portico_certificates{state=\"uploaded\"} 1"), "{metrics}");
-    assert!(metrics.contains("portico_certificate_soonest_expiry_seconds "), "{metrics}");
+    assert!(metrics.contains("portico_control_certificates{state=\"uploaded\"} 1"), "{metrics}");
+    assert!(metrics.contains("portico_control_certificate_soonest_expiry_timestamp_seconds "), "{metrics}");
 
     let (oid, _) = deployment(&other, "other").await;
     let taken = other

@@ -592,8 +592,11 @@ async fn acme_certifies_a_verified_preview_domain_serves_it_over_https_and_renew
     let resp = client.get(format!("https://{host}:{}/", t.https.port())).send().await.expect("https");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-    let soonest = t.stack.edge.metric("portico_certificate_soonest_expiry_seconds").await.unwrap_or(-1.0);
-    assert!(soonest > 0.0, "{soonest}");
+    let soonest =
+        t.stack.edge.metric("portico_certificate_soonest_expiry_timestamp_seconds").await.unwrap_or(0.0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!(soonest > now, "a unix time in the future: {soonest}");
     let metrics = t.stack.edge.metrics_text().await;
     assert!(!metrics.contains(&host), "metrics must not name hosts");
 
@@ -632,7 +635,7 @@ async fn a_failed_challenge_shows_failed_with_the_reason() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("portico_certificates{state=\"failed\"}") && !l.ends_with(" 0")),
+            .any(|l| l.starts_with("portico_control_certificates{state=\"failed\"}") && !l.ends_with(" 0")),
         "{metrics}"
     );
     assert!(!metrics.contains("broken.test"), "{metrics}");

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// The message names the field: `accent_color: must be #rrggbb`.
     #[error("{0}")]
     InvalidField(String),
+    /// `/readyz`: this replica cannot serve now; the message says why without details.
+    #[error("{0}")]
+    NotReady(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     /// Too many attempts; `Retry-After` says when the next one is counted.
@@ -60,6 +63,7 @@ impl ApiError {
             Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
             Self::NotVerified(m) => (StatusCode::CONFLICT, "not_verified", m.clone()),
             Self::InvalidField(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m.clone()),
+            Self::NotReady(m) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", m.clone()),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", self.to_string()),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", self.to_string()),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", self.to_string()),

@@ -69,6 +69,7 @@ pub async fn handler(
     ApiQuery(query): ApiQuery<FeedQuery>,
 ) -> ApiResult<Response> {
     let wait = Duration::from_secs(query.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT));
+    let _open = crate::metrics::FeedPoll::open();
     match long_poll(&app, query.since, wait).await? {
         Next::Changes(message) => Ok(Json(message).into_response()),
         Next::Snapshot => {

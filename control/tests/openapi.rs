@@ -140,7 +140,7 @@ async fn the_document_is_valid_openapi_3_1() {
 
         // Security: the public endpoints are exactly the ones outside the API proper.
         let security = op["security"].as_array().cloned().unwrap_or_default();
-        let public = matches!(path.as_str(), "/v1/openapi.json" | "/healthz" | "/metrics");
+        let public = matches!(path.as_str(), "/v1/openapi.json" | "/healthz" | "/readyz" | "/metrics");
         if public {
             assert!(security.is_empty(), "{at}: needs no key");
             continue;

@@ -17,3 +17,6 @@ done
 systemctl disable --quiet "portico-edge@$old" || true
 systemctl enable --quiet "portico-edge@$new"
 echo "portico edge now runs as portico-edge@$new"
+# Whether the new process follows control (it serves either way; see its /readyz).
+metrics=$(sed -n 's/^PORTICO_METRICS=//p' /etc/portico/edge.env 2>/dev/null | tail -n 1)
+curl -sS "http://${metrics:-127.0.0.1:9090}/readyz" || true

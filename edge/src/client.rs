@@ -90,6 +90,12 @@ impl TrustedProxies {
         Some(self.resolve(peer, session.req_header()))
     }
 
+    /// Whether the socket peer is a trusted proxy, whose own headers (`X-Request-Id`) are believed.
+    pub fn peer_trusted(&self, session: &Session) -> bool {
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        !self.0.is_empty() && peer.is_some_and(|ip| self.trusts(canonical(ip)))
+    }
+
     /// Walks `X-Forwarded-For` from the right while each hop is trusted. An entry that does not parse ends
     /// the walk at the last trusted hop: beyond it nothing can be believed.
     pub fn resolve(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {

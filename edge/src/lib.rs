@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request_id;
 pub mod resolve;
 pub mod route;
 pub mod state;
@@ -57,6 +58,8 @@ pub struct EdgeConfig {
     pub certs_dir: Option<PathBuf>,
     /// Send plain-HTTP requests for hosts that have a certificate to HTTPS (`--redirect-https`).
     pub redirect_https: bool,
+    /// `/readyz` on the metrics listener answers 503 once control last confirmed the state this long ago.
+    pub ready_max_age: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +202,8 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     }
 
     if let Some(addr) = &config.metrics {
-        let mut svc = Service::new("metrics".to_string(), metrics::MetricsApp { state: state.clone() });
+        let app = metrics::MetricsApp { state: state.clone(), ready_max_age: config.ready_max_age };
+        let mut svc = Service::new("metrics".to_string(), app);
         svc.add_tcp(addr);
         server.add_service(svc);
     }

@@ -1,18 +1,21 @@
-//! Prometheus metrics (SPEC §5). Label values are bounded: tenant ids and fixed enums, never a host,
-//! path, IP or token.
+//! Prometheus metrics (SPEC §5) and the probes an operator's checks call, all on the metrics listener:
+//! `GET /metrics`, `GET /healthz` (the process answers) and `GET /readyz` (it has a routing state that
+//! control confirmed recently). Label values are bounded: tenant ids and fixed enums, never a host, path,
+//! IP or token.
 
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::{
     register_gauge, register_histogram, register_histogram_vec, register_int_counter,
-    register_int_counter_vec, register_int_gauge, Encoder, Gauge, Histogram, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, TextEncoder,
+    register_int_counter_vec, register_int_gauge, Encoder, Gauge, GaugeVec, Histogram, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, TextEncoder,
 };
 
-use crate::state::EdgeState;
+use crate::state::{unix_ms, EdgeState};
 
 // Registration only fails on a duplicate name, which is a programming error caught by any test run.
 #[allow(clippy::expect_used)]
@@ -117,13 +120,31 @@ pub static CONFIG_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
         .expect("register portico_config_version")
 });
 
+/// Never synced: the process's uptime, so one alert (`> 120`) catches an edge that lost control and one
+/// that never reached it.
 #[allow(clippy::expect_used)]
 pub static CONFIG_AGE: LazyLock<Gauge> = LazyLock::new(|| {
     register_gauge!(
         "portico_config_age_seconds",
-        "Seconds since control last confirmed the routing state (-1: never since start)"
+        "Seconds since control last confirmed the routing state; never confirmed: seconds since start"
     )
     .expect("register portico_config_age_seconds")
+});
+
+#[allow(clippy::expect_used)]
+pub static CONFIG_LAST_SYNC: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!(
+        "portico_config_last_sync_timestamp_seconds",
+        "Unix time control last confirmed the routing state (a saved state: when it was saved); 0: never"
+    )
+    .expect("register portico_config_last_sync_timestamp_seconds")
+});
+
+/// `1`, labelled with the version: which build each edge runs.
+#[allow(clippy::expect_used)]
+pub static BUILD_INFO: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!("portico_build_info", "The running build (always 1)", &["version"])
+        .expect("register portico_build_info")
 });
 
 /// Certificates this edge holds, by `state`: `served`, `expired` (left out of the store), `invalid` (files
@@ -138,14 +159,25 @@ pub static CERTIFICATES: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     .expect("register portico_certificates")
 });
 
+/// Unlabelled; the series is absent while no certificate is served, so "expires within 14 days" is just
+/// `portico_certificate_soonest_expiry_timestamp_seconds - time() < 14 * 86400`.
 #[allow(clippy::expect_used)]
-pub static CERTIFICATE_SOONEST_EXPIRY: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!(
-        "portico_certificate_soonest_expiry_seconds",
-        "Seconds until the first served certificate expires (-1: none served)"
+pub static CERTIFICATE_SOONEST_EXPIRY: LazyLock<GaugeVec> = LazyLock::new(|| {
+    prometheus::register_gauge_vec!(
+        "portico_certificate_soonest_expiry_timestamp_seconds",
+        "Unix time the first served certificate expires (absent: none served)",
+        &[]
     )
-    .expect("register portico_certificate_soonest_expiry_seconds")
+    .expect("register portico_certificate_soonest_expiry_timestamp_seconds")
 });
+
+/// Sets (or, with `None`, removes) the soonest expiry of the served certificates, in unix seconds.
+pub fn set_certificate_soonest_expiry(not_after: Option<i64>) {
+    match not_after {
+        Some(t) => CERTIFICATE_SOONEST_EXPIRY.with_label_values(&[]).set(t as f64),
+        None => CERTIFICATE_SOONEST_EXPIRY.reset(),
+    }
+}
 
 /// Touches every metric so that all series families appear from the first scrape.
 pub fn init() {
@@ -160,26 +192,76 @@ pub fn init() {
     LazyLock::force(&WAKE_SECONDS);
     LazyLock::force(&CONFIG_VERSION);
     LazyLock::force(&CONFIG_AGE);
+    LazyLock::force(&CONFIG_LAST_SYNC);
+    LazyLock::force(&CERTIFICATE_SOONEST_EXPIRY);
+    BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     for state in ["served", "expired", "invalid"] {
         CERTIFICATES.with_label_values(&[state]).set(0);
     }
-    CERTIFICATE_SOONEST_EXPIRY.set(-1.0);
+    // CPU, memory, open files and start time of this process (`process_*`); registered once.
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = prometheus::register(Box::new(collector)) {
+            if !matches!(e, prometheus::Error::AlreadyReg) {
+                tracing::warn!(error = %e, "process metrics unavailable");
+            }
+        }
+    }
 }
 
-/// Serves `GET /metrics` on the metrics address.
+/// The routing state's age in milliseconds: since control last confirmed it, or since start if never.
+fn config_age_ms(state: &EdgeState, now_ms: u64) -> u64 {
+    now_ms.saturating_sub(state.last_sync_unix_ms().unwrap_or(state.started_unix_ms()))
+}
+
+/// `GET /readyz`: ready while control confirmed the state less than `max_age` ago; else why not.
+pub fn readiness(last_sync_ms: Option<u64>, now_ms: u64, max_age: Duration) -> Result<String, String> {
+    let Some(last) = last_sync_ms else {
+        return Err("never synced with control".into());
+    };
+    let age = Duration::from_millis(now_ms.saturating_sub(last));
+    if age >= max_age {
+        return Err(format!("routing state {}s old", age.as_secs()));
+    }
+    Ok(format!("ready: routing state {}s old", age.as_secs()))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on the metrics address.
 pub struct MetricsApp {
     pub state: Arc<EdgeState>,
+    /// `/readyz` answers 503 once the state is this old (`--ready-max-age`).
+    pub ready_max_age: Duration,
+}
+
+fn text(status: u16, body: String) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("cache-control", "no-store")
+        .body(format!("{body}\n").into_bytes())
+        .unwrap_or_default()
 }
 
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let builder = http::Response::builder();
-        if session.req_header().uri.path() != "/metrics" {
-            return builder.status(404).body(b"not found\n".to_vec()).unwrap_or_default();
+        let now_ms = unix_ms(SystemTime::now());
+        match session.req_header().uri.path() {
+            "/metrics" => {}
+            "/healthz" => return text(200, "ok".into()),
+            "/readyz" => {
+                return match readiness(self.state.last_sync_unix_ms(), now_ms, self.ready_max_age) {
+                    Ok(ready) => text(200, ready),
+                    Err(reason) => text(503, reason),
+                };
+            }
+            _ => return text(404, "not found".into()),
         }
         CONFIG_VERSION.set(self.state.load().version as i64);
-        CONFIG_AGE.set(self.state.config_age_secs().unwrap_or(-1.0));
+        CONFIG_AGE.set(config_age_ms(&self.state, now_ms) as f64 / 1000.0);
+        CONFIG_LAST_SYNC.set(self.state.last_sync_unix_ms().unwrap_or(0) as f64 / 1000.0);
         let mut body = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&prometheus::gather(), &mut body) {
@@ -192,5 +274,51 @@ impl ServeHttp for MetricsApp {
             .header("content-length", body.len())
             .body(body)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn never_synced_is_not_ready() {
+        assert_eq!(readiness(None, 1_000_000, MAX), Err("never synced with control".to_string()));
+    }
+
+    #[test]
+    fn a_state_confirmed_within_the_max_age_is_ready_and_an_older_one_is_not() {
+        let now = 1_000_000_000;
+        assert!(readiness(Some(now - 59_000), now, MAX).is_ok());
+        assert!(readiness(Some(now), now, MAX).is_ok());
+        assert_eq!(readiness(Some(now - 75_400), now, MAX), Err("routing state 75s old".to_string()));
+        assert!(readiness(Some(now - 60_000), now, MAX).is_err(), "at the limit it is stale");
+    }
+
+    #[test]
+    fn a_state_never_confirmed_ages_from_the_start_of_the_process() {
+        let state = EdgeState::new(crate::state::Snapshot::empty());
+        let now = state.started_unix_ms() + 5_000;
+        assert_eq!(config_age_ms(&state, now), 5_000);
+        state.set_synced_at(state.started_unix_ms() + 4_000);
+        assert_eq!(config_age_ms(&state, now), 1_000);
+    }
+
+    #[test]
+    fn certificate_expiry_is_a_timestamp_or_absent() {
+        init();
+        let present = || {
+            prometheus::gather()
+                .iter()
+                .find(|f| f.get_name() == "portico_certificate_soonest_expiry_timestamp_seconds")
+                .map(|f| f.get_metric().iter().map(|m| m.get_gauge().get_value()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        set_certificate_soonest_expiry(Some(1_900_000_000));
+        assert_eq!(present(), vec![1_900_000_000.0]);
+        set_certificate_soonest_expiry(None);
+        assert!(present().is_empty(), "no certificate: no sample, not a sentinel");
     }
 }

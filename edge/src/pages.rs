@@ -16,6 +16,8 @@ pub struct PageContext<'a> {
     pub port: Option<u16>,
     /// The CSRF token of a share's password form.
     pub csrf: Option<&'a str>,
+    /// This request's `X-Request-Id`: shown as "Reference" and in the JSON, sent as a header.
+    pub request_id: Option<&'a str>,
 }
 
 /// A browser navigation or a client that prefers HTML gets a page; fetch and API clients get JSON.
@@ -42,7 +44,7 @@ pub fn render(
     let (content_type, body) = if html {
         ("text/html; charset=utf-8", html_page(err, ctx))
     } else {
-        ("application/json", json_body(err))
+        ("application/json", json_body(err, ctx.request_id))
     };
     let mut resp = ResponseHeader::build(err.status(), Some(6))?;
     resp.insert_header("content-type", content_type)?;
@@ -52,6 +54,9 @@ pub fn render(
     resp.insert_header("content-length", body.len().to_string())?;
     if let EdgeError::RateLimited { retry_after_secs } = err {
         resp.insert_header("retry-after", retry_after_secs.to_string())?;
+    }
+    if let Some(id) = ctx.request_id {
+        resp.insert_header(crate::request_id::HEADER, id)?;
     }
     Ok((resp, Bytes::from(body)))
 }
@@ -67,8 +72,13 @@ pub fn redirect(location: &str, set_cookie: &str, frame_ancestors: &str) -> ping
     Ok(resp)
 }
 
-fn json_body(err: &EdgeError) -> String {
-    serde_json::json!({"error": {"code": err.code(), "message": err.to_string()}}).to_string()
+/// `{"error":{"code","message","request_id"}}` (`request_id` left out when there is none).
+fn json_body(err: &EdgeError, request_id: Option<&str>) -> String {
+    let mut error = serde_json::json!({"code": err.code(), "message": err.to_string()});
+    if let Some(id) = request_id {
+        error["request_id"] = id.into();
+    }
+    serde_json::json!({ "error": error }).to_string()
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -135,11 +145,12 @@ main{{max-width:34rem;padding:2rem;background:#fff;border-radius:12px;box-shadow
 h1{{font-size:1.4rem;margin:.5rem 0}} .logo{{max-height:40px}} code{{background:#f3f4f6;padding:.1rem .3rem;border-radius:4px}}
 .code{{color:#6b7280;font-size:.85rem}} .warn{{color:#b91c1c}} input,button{{font:inherit;padding:.3rem .5rem}} a{{color:{accent}}} footer{{margin-top:1.5rem;color:#9ca3af;font-size:.8rem}}
 </style></head>
-<body><main>{logo}<h1>{heading}</h1><p>{message}</p>{detail}{support}<p class="code">Error: {code}</p><footer>{footer}</footer></main>{script}</body></html>
+<body><main>{logo}<h1>{heading}</h1><p>{message}</p>{detail}{support}<p class="code">Error: {code}{reference}</p><footer>{footer}</footer></main>{script}</body></html>
 "#,
         heading = escape(err.title()),
         message = escape(&err.to_string()),
         code = err.code(),
+        reference = ctx.request_id.map(|id| format!(" · Reference: {}", escape(id))).unwrap_or_default(),
     )
 }
 

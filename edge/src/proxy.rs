@@ -22,6 +22,7 @@ use crate::lookup::LookupError;
 use crate::metrics;
 use crate::pages::{self, PageContext};
 use crate::ratelimit::Limiter;
+use crate::request_id;
 use crate::resolve::Resolver;
 use crate::route::{self, Route, Target};
 use crate::state::{EdgeState, Snapshot};
@@ -85,6 +86,8 @@ pub struct Ctx {
     websocket: Option<OpenGuard>,
     /// Deployment instances this request tried.
     attempts: deploy::Attempts,
+    /// `X-Request-Id`: in the access log, sent upstream, on every error the edge answers.
+    request_id: String,
 }
 
 impl Edge {
@@ -212,6 +215,7 @@ impl Edge {
             sandbox: ctx.route.as_ref().and_then(|r| r.sandbox()).map(|s| s.id.as_str()),
             port: ctx.route.as_ref().and_then(|r| r.port()),
             csrf: csrf.as_deref(),
+            request_id: Some(ctx.request_id.as_str()),
         };
         let frame_ancestors =
             tenant.as_ref().map_or(ctx.snap.default_frame_ancestors.as_str(), |t| t.frame_ancestors.as_str());
@@ -240,7 +244,16 @@ impl ProxyHttp for Edge {
             woken_address: None,
             websocket: None,
             attempts: deploy::Attempts::default(),
+            request_id: request_id::generate(),
         }
+    }
+
+    /// Before anything else: a trusted proxy's `X-Request-Id` replaces the generated one.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(id) = request_id::from_trusted(session.req_header(), self.clients.peer_trusted(session)) {
+            ctx.request_id = id;
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -331,6 +344,7 @@ impl ProxyHttp for Edge {
         let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let host = request_host(session.req_header()).unwrap_or_default().to_string();
         headers::add_forwarded(req, &client_ip, self.scheme, &host)?;
+        req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
@@ -431,6 +445,7 @@ impl ProxyHttp for Edge {
             bytes = session.body_bytes_sent(),
             method = %session.req_header().method,
             path = session.req_header().uri.path(),
+            request_id = ctx.request_id.as_str(),
         );
     }
 }

@@ -354,11 +354,17 @@ impl Snapshot {
 pub struct EdgeState {
     snapshot: ArcSwap<Snapshot>,
     last_sync_unix_ms: AtomicU64,
+    /// When this process started: the age of a state never confirmed (`portico_config_age_seconds`).
+    started_unix_ms: u64,
 }
 
 impl EdgeState {
     pub fn new(snapshot: Snapshot) -> Self {
-        Self { snapshot: ArcSwap::from_pointee(snapshot), last_sync_unix_ms: AtomicU64::new(0) }
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            last_sync_unix_ms: AtomicU64::new(0),
+            started_unix_ms: unix_ms(SystemTime::now()),
+        }
     }
 
     /// The snapshot a request works with, loaded once per request.
@@ -379,10 +385,19 @@ impl EdgeState {
         self.last_sync_unix_ms.store(unix_ms, Ordering::Relaxed);
     }
 
+    /// When control last confirmed the state (or the saved state was written); `None` if never.
+    pub fn last_sync_unix_ms(&self) -> Option<u64> {
+        Some(self.last_sync_unix_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
+    }
+
+    pub fn started_unix_ms(&self) -> u64 {
+        self.started_unix_ms
+    }
+
     /// Seconds since control last confirmed the state; `None` if it never has.
     pub fn config_age_secs(&self) -> Option<f64> {
-        let last = self.last_sync_unix_ms.load(Ordering::Relaxed);
-        (last > 0).then(|| unix_ms(SystemTime::now()).saturating_sub(last) as f64 / 1000.0)
+        let last = self.last_sync_unix_ms()?;
+        Some(unix_ms(SystemTime::now()).saturating_sub(last) as f64 / 1000.0)
     }
 }
 

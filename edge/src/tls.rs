@@ -90,8 +90,7 @@ impl CertWatcher {
             let summary = self.resolver.replace(all, now_unix());
             metrics::CERTIFICATES.with_label_values(&["served"]).set(summary.served as i64);
             metrics::CERTIFICATES.with_label_values(&["expired"]).set(summary.expired as i64);
-            let soonest = summary.soonest_not_after.map_or(-1.0, |t| (t - now_unix()) as f64);
-            metrics::CERTIFICATE_SOONEST_EXPIRY.set(soonest);
+            metrics::set_certificate_soonest_expiry(summary.soonest_not_after);
         }
         changed
     }

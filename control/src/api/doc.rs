@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -63,6 +64,7 @@ error_responses! {
     WakeConflict => "`wake_disabled` (the sandbox's wake policy is off, for an edge) or `wake_not_configured` (no orchestrator)",
     WakeFailed => "`wake_failed`: the orchestrator refused or failed, and the sandbox is hibernated again",
     WakeTimeout => "`wake_timeout`: the sandbox did not become running in time, and is hibernated again",
+    NotReady => "`not_ready`: this replica cannot serve the API now; the message says why (e.g. the database does not answer)",
 }
 
 /// The three bearer keys: `admin_key`, a tenant's `msk_…` key (`tenant_key`), and `edge_token`.
@@ -95,7 +97,7 @@ impl Modify for SecuritySchemes {
         schemas(ErrorBody),
         responses(
             BadRequest, Unauthorized, Forbidden, NotFound, Conflict, InvalidField, PayloadTooLarge, Internal,
-            WakeConflict, WakeFailed, WakeTimeout, RateLimited, Busy
+            WakeConflict, WakeFailed, WakeTimeout, RateLimited, Busy, NotReady
         )
     ),
     tags(
@@ -149,4 +151,25 @@ pub struct Health {
 )]
 pub async fn healthz() -> Json<Health> {
     Json(Health { ok: true })
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "readyz",
+    path = "/readyz",
+    tag = "meta",
+    summary = "Readiness: the database answers",
+    responses(
+        (status = 200, description = "The database answers `SELECT 1`: this replica can serve the API", body = Health),
+        (status = 503, response = NotReady),
+    )
+)]
+pub async fn readyz(State(app): State<crate::state::App>) -> Result<Json<Health>, crate::error::ApiError> {
+    match sqlx::query("SELECT 1").execute(&app.pool).await {
+        Ok(_) => Ok(Json(Health { ok: true })),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            Err(crate::error::ApiError::NotReady("the database does not answer".into()))
+        }
+    }
 }

@@ -34,6 +34,7 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
         .routes(routes!(crate::metrics::handler))
         .routes(routes!(doc::healthz))
+        .routes(routes!(doc::readyz))
         .routes(routes!(doc::openapi_json))
         .routes(routes!(tenants::create, tenants::list))
         .routes(routes!(tenants::delete))

@@ -80,3 +80,18 @@ fn navigation_or_html_preference_selects_html() {
     req.insert_header("sec-fetch-mode", "navigate").expect("h");
     assert!(wants_html(&req));
 }
+
+#[test]
+fn errors_carry_the_request_id_in_header_page_and_json() {
+    let ctx = PageContext { request_id: Some("0123abcd<x>"), ..Default::default() };
+    let (h, json) = body(&EdgeError::NotFound, ctx, false);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["error"]["request_id"], "0123abcd<x>");
+    assert_eq!(v["error"]["code"], "not_found");
+    assert_eq!(h.headers.get("x-request-id").and_then(|v| v.to_str().ok()), Some("0123abcd<x>"));
+    let (_, html) = body(&EdgeError::NotFound, ctx, true);
+    assert!(html.contains("Reference: 0123abcd&lt;x&gt;"), "{html}");
+    let (h, json) = body(&EdgeError::NotFound, PageContext::default(), false);
+    assert!(h.headers.get("x-request-id").is_none());
+    assert!(!json.contains("request_id"));
+}

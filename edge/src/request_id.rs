@@ -1,0 +1,101 @@
+//! `X-Request-Id`: one id per request, in the access log, sent upstream and shown on every error the edge
+//! answers, so an operator can find the log line a user's "Reference: …" points at.
+//!
+//! A client's own id is kept only when the client is a proxy named by `--trusted-proxy` (which already
+//! logged it) and the value is sane; anyone else could plant ids to confuse the logs. New ids are a
+//! per-process random prefix and a counter: unique across edges and restarts, no lock, no syscall.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+use pingora::http::RequestHeader;
+
+pub const HEADER: &str = "x-request-id";
+
+/// Longer client ids are replaced: a log line and an error page should not carry kilobytes of them.
+pub const MAX_LEN: usize = 128;
+
+/// Random per process, so two edges (or one edge before and after a restart) never hand out the same id.
+static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // The system's random source does not fail on Linux; were it to, the clock and pid still differ.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return nanos.as_nanos() as u64 ^ u64::from(std::process::id()) << 40;
+    }
+    u64::from_le_bytes(bytes)
+});
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh id: 32 lower-case hex digits (the process prefix, then the counter).
+pub fn generate() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}{n:016x}", *PREFIX)
+}
+
+/// 1 to [`MAX_LEN`] visible ASCII characters: safe in a header, a log field and an HTML page.
+pub fn is_sane(value: &[u8]) -> bool {
+    (1..=MAX_LEN).contains(&value.len()) && value.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// The id of this request: the client's when it comes from a trusted proxy and is sane, else `None` (the
+/// caller keeps the one it generated).
+pub fn from_trusted(req: &RequestHeader, peer_trusted: bool) -> Option<String> {
+    if !peer_trusted {
+        return None;
+    }
+    let mut values = req.headers.get_all(HEADER).iter();
+    // Two ids for one request: neither can be believed.
+    match (values.next(), values.next()) {
+        (Some(v), None) if is_sane(v.as_bytes()) => v.to_str().ok().map(str::to_string),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn req(ids: &[&[u8]]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for id in ids {
+            r.append_header(HEADER, http::HeaderValue::from_bytes(id).unwrap()).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn generated_ids_are_unique_hex_of_one_length() {
+        let (a, b) = (generate(), generate());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_eq!(a[..16], b[..16], "one prefix per process");
+        assert!(is_sane(a.as_bytes()));
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_a_sane_id() {
+        assert_eq!(from_trusted(&req(&[b"lb-7f3a:42"]), true).as_deref(), Some("lb-7f3a:42"));
+    }
+
+    #[test]
+    fn an_untrusted_client_never_sets_the_id() {
+        assert_eq!(from_trusted(&req(&[b"planted"]), false), None);
+        assert_eq!(from_trusted(&req(&[]), true), None);
+    }
+
+    #[test]
+    fn insane_or_repeated_ids_are_replaced() {
+        let long = [b'a'; MAX_LEN + 1];
+        let max = [b'a'; MAX_LEN];
+        assert_eq!(from_trusted(&req(&[&max]), true).map(|s| s.len()), Some(MAX_LEN));
+        for bad in [&long[..], b"", b"has space", b"tab\there", "é".as_bytes()] {
+            assert_eq!(from_trusted(&req(&[bad]), true), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(from_trusted(&req(&[b"one", b"two"]), true), None);
+        assert!(!is_sane(b"del\x7f") && !is_sane(b"nul\0"), "control characters");
+    }
+}
