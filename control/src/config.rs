@@ -41,6 +41,8 @@ pub struct ControlConfig {
     pub dns_resolver: Option<std::net::SocketAddr>,
     /// Where sandboxes and deployment instances may live (`--upstream-allow`); edges get it too.
     pub upstream_allow: Vec<portico_wire::Cidr>,
+    /// Quotas of tenants the admin set none for (`--quota-*`).
+    pub quotas: crate::Quotas,
 }
 
 /// Start-up failures, each saying what to fix.

@@ -15,6 +15,7 @@ mod feed;
 mod keys;
 mod metrics;
 mod notify;
+mod quotas;
 mod releases;
 mod service;
 mod state;
@@ -23,5 +24,6 @@ mod wake;
 
 pub use config::{ControlConfig, ControlError};
 pub use error::ApiError;
+pub use quotas::Quotas;
 pub use releases::ReleaseLimits;
 pub use service::{check, check_wake_url, Control};

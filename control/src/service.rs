@@ -92,6 +92,7 @@ impl Control {
             cname_target: config.cname_target,
             default_rate_limits: config.default_rate_limits,
             upstream_allow: config.upstream_allow.clone(),
+            quotas: config.quotas,
             waker,
             app_template: templates.iter().find(|t| t.kind() == TemplateKind::Deployment).cloned(),
             release_limits: config.release_limits,
