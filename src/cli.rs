@@ -235,6 +235,10 @@ struct AcmeArgs {
     /// DNS server (`IP:PORT`) that preview-domain verification asks; default: the system's resolvers.
     #[arg(long, env = "PORTICO_DNS_RESOLVER", value_name = "ADDR")]
     dns_resolver: Option<SocketAddr>,
+    /// ACME orders each tenant's names may cause per hour, failed ones included; over: the name's
+    /// certificate is `failed` with reason `rate_limited` and is ordered once the budget allows.
+    #[arg(long, env = "PORTICO_ACME_ORDERS_PER_HOUR", default_value_t = 20)]
+    acme_orders_per_hour: u32,
 }
 
 /// Where sandboxes and deployment instances may live (`control` and `up`).
@@ -468,6 +472,7 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         dns_resolver: a.acme.dns_resolver,
         upstream_allow: upstream_allow(&a.upstream, a.upstream_extra)?,
         quotas: a.quotas.quotas(),
+        acme_orders_per_hour: a.acme.acme_orders_per_hour,
     })
 }
 

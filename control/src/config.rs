@@ -43,6 +43,8 @@ pub struct ControlConfig {
     pub upstream_allow: Vec<portico_wire::Cidr>,
     /// Quotas of tenants the admin set none for (`--quota-*`).
     pub quotas: crate::Quotas,
+    /// ACME orders each tenant may cause per hour (`--acme-orders-per-hour`).
+    pub acme_orders_per_hour: u32,
 }
 
 /// Start-up failures, each saying what to fix.

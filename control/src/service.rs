@@ -176,7 +176,11 @@ fn acme_config(config: &ControlConfig) -> Result<Option<acme::AcmeConfig>, Contr
     if let Some(ca) = &config.acme_ca_file {
         std::fs::metadata(ca).map_err(|e| ControlError::Io(ca.clone(), e))?;
     }
-    Ok(Some(acme::AcmeConfig { directory: directory.clone(), ca_file: config.acme_ca_file.clone() }))
+    Ok(Some(acme::AcmeConfig {
+        directory: directory.clone(),
+        ca_file: config.acme_ca_file.clone(),
+        orders_per_hour: config.acme_orders_per_hour,
+    }))
 }
 
 /// The orchestrator client: `--wake-url` checked, the signing secret from the environment or the data dir.

@@ -40,6 +40,7 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         acme_ca_file: None,
         dns_resolver: None,
         quotas: Default::default(),
+        acme_orders_per_hour: 20,
     }
 }
 
