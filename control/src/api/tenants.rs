@@ -206,6 +206,7 @@ pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> Api
     for sql in [
         "DELETE FROM previews WHERE tenant_id = $1",
         "DELETE FROM sandboxes WHERE tenant_id = $1",
+        "DELETE FROM acme_orders WHERE tenant_id = $1",
         "DELETE FROM tenants WHERE id = $1",
     ] {
         sqlx::query(sql).bind(&id).execute(write.conn()).await?;
