@@ -686,8 +686,8 @@ pub async fn verify_domain(
     let host = hostname.trim_end_matches('.').to_ascii_lowercase();
     let domain = {
         let mut read = crate::db::begin_read(&app.pool).await?;
-        load_owned(&mut *read, &key.tenant_id, &id).await?;
-        deployments::domain(&mut *read, &host).await?
+        load_owned(&mut read, &key.tenant_id, &id).await?;
+        deployments::domain(&mut read, &host).await?
     };
     let Some(domain) = domain.filter(|d| d.deployment_id == id) else {
         return Err(ApiError::not_found("domain"));
