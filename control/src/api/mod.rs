@@ -36,7 +36,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(doc::healthz))
         .routes(routes!(doc::openapi_json))
         .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::update, tenants::delete))
+        .routes(routes!(tenants::policy::update, tenants::delete))
         .routes(routes!(tenants::show))
         .routes(routes!(tenants::put_branding))
         .routes(routes!(tenants::put_frame_ancestors))
