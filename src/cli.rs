@@ -87,6 +87,8 @@ struct UpArgs {
     #[command(flatten)]
     upstream: UpstreamArgs,
     #[command(flatten)]
+    quotas: QuotaArgs,
+    #[command(flatten)]
     https: HttpsArgs,
     #[command(flatten)]
     ready: ReadyArgs,
@@ -174,6 +176,8 @@ struct ControlArgs {
     acme: AcmeArgs,
     #[command(flatten)]
     upstream: UpstreamArgs,
+    #[command(flatten)]
+    quotas: QuotaArgs,
     /// Added to the default upstream policy (`up`: loopback); not a flag.
     #[arg(skip)]
     upstream_extra: &'static [&'static str],
@@ -196,6 +200,39 @@ struct ReleaseArgs {
     release_max_files: u64,
 }
 
+/// Quotas of tenants the admin set none for (`PATCH /v1/tenants/{id}` overrides them); over → 409
+/// `quota_exceeded`. Only live objects count: a deleted one frees its slot.
+#[derive(Args, Debug, Clone)]
+struct QuotaArgs {
+    /// Sandboxes per tenant.
+    #[arg(long, env = "PORTICO_QUOTA_SANDBOXES", default_value_t = 1000)]
+    quota_sandboxes: u64,
+    /// Previews per tenant.
+    #[arg(long, env = "PORTICO_QUOTA_PREVIEWS", default_value_t = 10_000)]
+    quota_previews: u64,
+    /// Deployments per tenant.
+    #[arg(long, env = "PORTICO_QUOTA_DEPLOYMENTS", default_value_t = 100)]
+    quota_deployments: u64,
+    /// Custom domains per tenant (all its deployments together).
+    #[arg(long, env = "PORTICO_QUOTA_CUSTOM_DOMAINS", default_value_t = 100)]
+    quota_custom_domains: u64,
+    /// Bytes of uploaded releases per tenant (default 10 GiB).
+    #[arg(long, env = "PORTICO_QUOTA_RELEASE_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    quota_release_bytes: u64,
+}
+
+impl QuotaArgs {
+    fn quotas(&self) -> portico_control::Quotas {
+        portico_control::Quotas {
+            sandboxes: self.quota_sandboxes,
+            previews: self.quota_previews,
+            deployments: self.quota_deployments,
+            custom_domains: self.quota_custom_domains,
+            release_bytes: self.quota_release_bytes,
+        }
+    }
+}
+
 /// Certificates by ACME and preview-domain checks (`control` and `up`).
 #[derive(Args, Debug, Clone)]
 struct AcmeArgs {
@@ -209,6 +246,10 @@ struct AcmeArgs {
     /// DNS server (`IP:PORT`) that preview-domain verification asks; default: the system's resolvers.
     #[arg(long, env = "PORTICO_DNS_RESOLVER", value_name = "ADDR")]
     dns_resolver: Option<SocketAddr>,
+    /// ACME orders each tenant's names may cause per hour, failed ones included; over: the name's
+    /// certificate is `failed` with reason `rate_limited` and is ordered once the budget allows.
+    #[arg(long, env = "PORTICO_ACME_ORDERS_PER_HOUR", default_value_t = 20)]
+    acme_orders_per_hour: u32,
 }
 
 /// Where sandboxes and deployment instances may live (`control` and `up`).
@@ -443,6 +484,8 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         acme_ca_file: a.acme.acme_ca_file.clone(),
         dns_resolver: a.acme.dns_resolver,
         upstream_allow: upstream_allow(&a.upstream, a.upstream_extra)?,
+        quotas: a.quotas.quotas(),
+        acme_orders_per_hour: a.acme.acme_orders_per_hour,
     })
 }
 
@@ -529,6 +572,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         wake: a.wake,
         acme: a.acme,
         upstream: a.upstream,
+        quotas: a.quotas,
         upstream_extra: portico_wire::upstream::UP_UPSTREAM_ALLOW,
         releases: a.releases,
         limits: a.limits,

@@ -7,6 +7,9 @@
 //! schedules the renewal at two thirds of its lifetime; failure records the CA's reason and retries with
 //! exponential backoff. The account key is kept in the database, one account per directory URL.
 //!
+//! Each order is taken from its tenant's hourly budget first ([`budget`]); a spent budget makes the name
+//! `failed` with reason `rate_limited` until a slot frees.
+//!
 //! Several control replicas sharing a database each run this loop; a replica orders a name only after
 //! moving its `next_attempt_at` forward itself (a lease), so one order runs per name.
 
@@ -26,6 +29,10 @@ use crate::db::{now_ms, Kind, Write};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
+mod budget;
+
+use budget::{spend_budget, tenant_of, Budget};
+
 const TICK: Duration = Duration::from_secs(1);
 /// Edges follow the feed within a second; the CA is told to validate only after that.
 const PROPAGATION: Duration = Duration::from_millis(1500);
@@ -41,6 +48,9 @@ pub struct AcmeConfig {
     pub directory: String,
     /// PEM of the CA that signed the ACME server's HTTPS certificate (a test CA).
     pub ca_file: Option<PathBuf>,
+    /// Orders each tenant's names may cause per hour (`--acme-orders-per-hour`), failed ones included:
+    /// a tenant adding names by the thousand must not spend the platform's rate limits at the CA.
+    pub orders_per_hour: u32,
 }
 
 /// When a certificate valid from `not_before` to `not_after` (any unit) is renewed: two thirds in.
@@ -149,6 +159,10 @@ async fn reconcile(app: &AppState, config: &AcmeConfig, account: &mut Option<Acc
         rows.iter().filter(|r| wanted.contains(&r.hostname) && r.next_attempt_at <= now).collect();
     for row in due {
         if !lease(app, row).await? {
+            continue;
+        }
+        if let Budget::Exhausted { retry_at } = spend(app, config, &row.hostname).await? {
+            rate_limited(app, row, retry_at).await?;
             continue;
         }
         let outcome = match account_for(app, config, account).await {
@@ -401,6 +415,39 @@ async fn record(app: &AppState, row: &HostRow, outcome: Result<(String, String),
     }
     Ok(())
 }
+
+/// Spends one order of the budget of the name's tenant (a name with no tenant has no budget to spend).
+async fn spend(app: &AppState, config: &AcmeConfig, hostname: &str) -> ApiResult<Budget> {
+    let mut conn = app.pool.acquire().await?;
+    let Some(tenant) = tenant_of(&mut conn, hostname).await? else { return Ok(Budget::Granted) };
+    drop(conn);
+    spend_budget(&app.pool, &tenant, hostname, now_ms(), config.orders_per_hour).await
+}
+
+/// The tenant's budget is spent: the name is `failed` with reason `rate_limited` (a renewal keeps its
+/// still-valid certificate `issued`) and is due again when the budget frees a slot. Not a CA failure: the
+/// backoff does not grow.
+async fn rate_limited(app: &AppState, row: &HostRow, retry_at: i64) -> ApiResult<()> {
+    let now = now_ms();
+    let state =
+        if row.state == "issued" && has_valid(app, &row.hostname, now).await? { "issued" } else { "failed" };
+    sqlx::query(
+        "UPDATE acme_hosts SET state = $1, reason = $2, next_attempt_at = $3, updated_at = $4 WHERE hostname = $5",
+    )
+    .bind(state)
+    .bind(RATE_LIMITED)
+    .bind(retry_at)
+    .bind(now)
+    .bind(&row.hostname)
+    .execute(&app.pool)
+    .await?;
+    tracing::warn!(hostname = %row.hostname, retry_at = %crate::db::timestamp(retry_at),
+        "ACME: the tenant's order budget (--acme-orders-per-hour) is spent");
+    Ok(())
+}
+
+/// The certificate's `reason` while the tenant's order budget is spent.
+pub const RATE_LIMITED: &str = "rate_limited";
 
 async fn has_valid(app: &AppState, hostname: &str, now_ms: i64) -> ApiResult<bool> {
     let not_after: Option<i64> = sqlx::query_scalar("SELECT not_after FROM certificates WHERE hostname = $1")

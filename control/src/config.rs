@@ -41,6 +41,10 @@ pub struct ControlConfig {
     pub dns_resolver: Option<std::net::SocketAddr>,
     /// Where sandboxes and deployment instances may live (`--upstream-allow`); edges get it too.
     pub upstream_allow: Vec<portico_wire::Cidr>,
+    /// Quotas of tenants the admin set none for (`--quota-*`).
+    pub quotas: crate::Quotas,
+    /// ACME orders each tenant may cause per hour (`--acme-orders-per-hour`).
+    pub acme_orders_per_hour: u32,
 }
 
 /// Start-up failures, each saying what to fix.

@@ -249,7 +249,7 @@ fn json_parse<T: DeserializeOwned>(column: &str, text: &str) -> ApiResult<T> {
 }
 
 pub const TENANT_COLUMNS: &str = "id, name, created_at, branding, frame_ancestors, rate_limits, \
-     preview_domain, preview_domain_status";
+     preview_domain, preview_domain_status, upstream_cidrs, quotas";
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct TenantRow {
@@ -261,9 +261,22 @@ pub struct TenantRow {
     pub rate_limits: String,
     pub preview_domain: Option<String>,
     pub preview_domain_status: Option<String>,
+    /// JSON array of CIDRs; NULL: the global upstream policy alone.
+    pub upstream_cidrs: Option<String>,
+    /// JSON object of the admin's quota overrides; NULL: the flag defaults.
+    pub quotas: Option<String>,
 }
 
 impl TenantRow {
+    /// The admin's narrowing of the upstream policy; `None`: the global `--upstream-allow` alone.
+    pub fn upstream_cidrs(&self) -> ApiResult<Option<Vec<wire::Cidr>>> {
+        parse_cidrs(self.upstream_cidrs.as_deref())
+    }
+
+    pub fn quotas(&self, defaults: crate::Quotas) -> ApiResult<crate::Quotas> {
+        Ok(crate::quotas::parse(self.quotas.as_deref())?.apply(defaults))
+    }
+
     pub fn branding(&self) -> ApiResult<Option<wire::Branding>> {
         self.branding.as_deref().map(|t| json_parse("branding", t)).transpose()
     }
@@ -285,8 +298,7 @@ impl TenantRow {
             frame_ancestors: self.frame_ancestors()?,
             rate_limits: self.rate_limits()?,
             preview_domain: if verified { self.preview_domain.clone() } else { None },
-            // Per-tenant narrowing is not stored yet: the global policy alone applies.
-            upstream_cidrs: None,
+            upstream_cidrs: self.upstream_cidrs()?,
         })
     }
 }
@@ -365,6 +377,22 @@ impl PreviewRow {
 pub async fn tenant(conn: &mut AnyConnection, id: &str) -> ApiResult<Option<TenantRow>> {
     let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
     Ok(sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?)
+}
+
+fn parse_cidrs(text: Option<&str>) -> ApiResult<Option<Vec<wire::Cidr>>> {
+    Ok(text.map(|t| json_parse::<Option<Vec<wire::Cidr>>>("upstream_cidrs", t)).transpose()?.flatten())
+}
+
+/// The tenant's narrowing of the upstream policy, for checking an address it hands control.
+pub async fn tenant_upstream(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+) -> ApiResult<Option<Vec<wire::Cidr>>> {
+    let text: Option<Option<String>> = sqlx::query_scalar("SELECT upstream_cidrs FROM tenants WHERE id = $1")
+        .bind(tenant_id)
+        .fetch_optional(conn)
+        .await?;
+    parse_cidrs(text.flatten().as_deref())
 }
 
 pub async fn sandbox(conn: &mut AnyConnection, id: &str) -> ApiResult<Option<SandboxRow>> {

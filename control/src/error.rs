@@ -25,6 +25,9 @@ pub enum ApiError {
     /// A custom domain's TXT proof is not (yet) in DNS; the message says what was found.
     #[error("{0}")]
     NotVerified(String),
+    /// Over one of the tenant's quotas (SPEC §7); the message names the quota and its limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The message names the field: `accent_color: must be #rrggbb`.
     #[error("{0}")]
     InvalidField(String),
@@ -62,6 +65,7 @@ impl ApiError {
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
             Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
             Self::NotVerified(m) => (StatusCode::CONFLICT, "not_verified", m.clone()),
+            Self::QuotaExceeded(m) => (StatusCode::CONFLICT, "quota_exceeded", m.clone()),
             Self::InvalidField(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", m.clone()),
             Self::NotReady(m) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", m.clone()),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", self.to_string()),

@@ -16,6 +16,7 @@ mod guessing;
 mod keys;
 mod metrics;
 mod notify;
+mod quotas;
 mod releases;
 mod service;
 mod state;
@@ -24,5 +25,6 @@ mod wake;
 
 pub use config::{ControlConfig, ControlError};
 pub use error::ApiError;
+pub use quotas::Quotas;
 pub use releases::ReleaseLimits;
 pub use service::{check, check_wake_url, Control};

@@ -92,6 +92,7 @@ impl Control {
             cname_target: config.cname_target,
             default_rate_limits: config.default_rate_limits,
             upstream_allow: config.upstream_allow.clone(),
+            quotas: config.quotas,
             waker,
             app_template: templates.iter().find(|t| t.kind() == TemplateKind::Deployment).cloned(),
             release_limits: config.release_limits,
@@ -180,7 +181,11 @@ fn acme_config(config: &ControlConfig) -> Result<Option<acme::AcmeConfig>, Contr
     if let Some(ca) = &config.acme_ca_file {
         std::fs::metadata(ca).map_err(|e| ControlError::Io(ca.clone(), e))?;
     }
-    Ok(Some(acme::AcmeConfig { directory: directory.clone(), ca_file: config.acme_ca_file.clone() }))
+    Ok(Some(acme::AcmeConfig {
+        directory: directory.clone(),
+        ca_file: config.acme_ca_file.clone(),
+        orders_per_hour: config.acme_orders_per_hour,
+    }))
 }
 
 /// The orchestrator client: `--wake-url` checked, the signing secret from the environment or the data dir.

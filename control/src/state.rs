@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     pub default_rate_limits: portico_wire::RateLimits,
     /// Where sandboxes and deployment instances may live (`--upstream-allow`).
     pub upstream_allow: Vec<portico_wire::Cidr>,
+    /// Quotas of tenants the admin set none for (`--quota-*`).
+    pub quotas: crate::Quotas,
     pub waker: wake::Waker,
     /// The template deployment hosts are rendered with (`{app}.{workspace}` form).
     pub app_template: Option<HostTemplate>,

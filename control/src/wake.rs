@@ -159,7 +159,10 @@ async fn run(app: &AppState, id: &str) -> Result<(), WakeError> {
         }
     }
     let started = Instant::now();
-    let result = call_orchestrator(&app.waker, id).await;
+    let result = match call_orchestrator(&app.waker, id).await {
+        Ok(address) => inside_policy(app, id, address).await,
+        Err(e) => Err(e),
+    };
     let result = finish(app, id, result).await;
     match &result {
         Ok(()) => tracing::info!(sandbox = id, ms = started.elapsed().as_millis() as u64, "sandbox woken"),
@@ -203,6 +206,30 @@ async fn claim(app: &AppState, id: &str) -> Result<Claim, WakeError> {
     write.touch(Kind::Sandbox, id);
     write.commit(&app.notify).await?;
     Ok(Claim::Claimed)
+}
+
+/// The orchestrator's address, if it lies inside the upstream policy (narrowed by the sandbox's tenant):
+/// an orchestrator is one more party that must not point the edges at loopback or cloud metadata.
+async fn inside_policy(app: &AppState, id: &str, address: String) -> Result<String, WakeError> {
+    let mut conn = app.pool.acquire().await?;
+    let tenant: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM sandboxes WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(tenant) = tenant else { return Err(WakeError::Gone) };
+    let narrow = crate::db::tenant_upstream(&mut conn, &tenant).await?;
+    if validate::upstream_address("address", &address, &app.upstream_allow, narrow.as_deref()).is_err() {
+        tracing::warn!(
+            sandbox = id,
+            tenant = %tenant,
+            address = %address,
+            "the orchestrator's wake address is outside the upstream policy; the wake fails"
+        );
+        return Err(WakeError::Failed(format!(
+            "the orchestrator's address {address} is outside the upstream policy"
+        )));
+    }
+    Ok(address)
 }
 
 /// Records the orchestrator's answer: `running` at the new address (a wake counts as activity, so the

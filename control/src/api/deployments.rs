@@ -22,9 +22,10 @@ use crate::certificates::CertificateStatus;
 use crate::db::{now_ms, Kind, Write};
 use crate::deployments::{self, DeploymentRow, VersionRow, DEPLOYMENT_COLUMNS, VERSION_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
-use crate::keys;
+use crate::quotas::{self, Resource};
 use crate::releases::is_release_id;
 use crate::state::App;
+use crate::{keys, validate};
 
 const MAX_INSTANCES: usize = 64;
 const DEFAULT_INTERVAL_MS: u64 = 1000;
@@ -264,6 +265,7 @@ pub async fn create(
     if clash.is_some() {
         return Err(ApiError::Conflict(format!("{}.{} is already taken", body.name, body.workspace)));
     }
+    quotas::check(write.conn(), app.quotas, &key.tenant_id, Resource::Deployments, 1).await?;
     let row = DeploymentRow {
         id: format!("dp_{}", keys::random_alnum(16)),
         tenant_id: key.tenant_id,
@@ -367,7 +369,12 @@ pub async fn delete(State(app): State<App>, key: TenantKey, PathId(id): PathId) 
 }
 
 /// Checks a version body into what is stored: instances + health check, or a release this tenant uploaded.
-async fn target(conn: &mut AnyConnection, tenant_id: &str, body: CreateVersion) -> ApiResult<VersionTarget> {
+async fn target(
+    app: &App,
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    body: CreateVersion,
+) -> ApiResult<VersionTarget> {
     match (body.instances, body.release) {
         (Some(instances), None) => {
             if instances.is_empty() || instances.len() > MAX_INSTANCES {
@@ -376,11 +383,17 @@ async fn target(conn: &mut AnyConnection, tenant_id: &str, body: CreateVersion) 
                     format!("must list 1 to {MAX_INSTANCES} \"ip:port\""),
                 ));
             }
+            let narrow = crate::db::tenant_upstream(&mut *conn, tenant_id).await?;
             let mut canonical = Vec::with_capacity(instances.len());
             for (i, instance) in instances.iter().enumerate() {
+                let field = format!("instances[{i}]");
                 match instance.parse::<SocketAddr>() {
-                    Ok(addr) if addr.port() != 0 => canonical.push(addr.to_string()),
-                    _ => return Err(ApiError::invalid(&format!("instances[{i}]"), "must be \"ip:port\"")),
+                    Ok(addr) if addr.port() != 0 => {
+                        let ip = addr.ip().to_string();
+                        validate::upstream_address(&field, &ip, &app.upstream_allow, narrow.as_deref())?;
+                        canonical.push(addr.to_string());
+                    }
+                    _ => return Err(ApiError::invalid(&field, "must be \"ip:port\"")),
                 }
             }
             let health_check = body.health_check.map(health_check).transpose()?;
@@ -452,7 +465,7 @@ pub async fn create_version(
     // A write, although edges see nothing until a promote: it serialises version numbering.
     let mut write = Write::begin(&app.pool).await?;
     load_owned(write.conn(), &key.tenant_id, &id).await?;
-    let target = target(write.conn(), &key.tenant_id, body).await?;
+    let target = target(&app, write.conn(), &key.tenant_id, body).await?;
     let last: Option<i64> =
         sqlx::query_scalar("SELECT MAX(number) FROM deployment_versions WHERE deployment_id = $1")
             .bind(&id)
@@ -617,6 +630,7 @@ pub async fn add_domain(
         let added = DomainAdded::new(host, value, existing.verified_at.is_some());
         return Ok((StatusCode::OK, Json(added)).into_response());
     }
+    quotas::check(write.conn(), app.quotas, &key.tenant_id, Resource::CustomDomains, 1).await?;
     let value = new_verification_value();
     // `.localhost` names resolve to loopback only: nobody else's, nothing to prove (local try-outs).
     let verified_at = (host == "localhost" || host.ends_with(".localhost")).then(now_ms);
@@ -672,8 +686,8 @@ pub async fn verify_domain(
     let host = hostname.trim_end_matches('.').to_ascii_lowercase();
     let domain = {
         let mut read = crate::db::begin_read(&app.pool).await?;
-        load_owned(&mut *read, &key.tenant_id, &id).await?;
-        deployments::domain(&mut *read, &host).await?
+        load_owned(&mut read, &key.tenant_id, &id).await?;
+        deployments::domain(&mut read, &host).await?
     };
     let Some(domain) = domain.filter(|d| d.deployment_id == id) else {
         return Err(ApiError::not_found("domain"));

@@ -21,8 +21,8 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `invalid_field`, `payload_too_large`, `internal`, `method_not_allowed`, and on wake `wake_failed`,
-    /// `wake_timeout`, `wake_disabled`, `wake_not_configured`.
+    /// `quota_exceeded`, `invalid_field`, `payload_too_large`, `internal`, `method_not_allowed`, and on
+    /// wake `wake_failed`, `wake_timeout`, `wake_disabled`, `wake_not_configured`.
     #[schema(example = "invalid_field")]
     pub code: String,
     /// For people; an invalid field's message starts with the field: `accent_color: must be #rrggbb`.
@@ -55,7 +55,7 @@ error_responses! {
     Unauthorized => "`unauthorized`: no key, or not a valid key for this endpoint",
     Forbidden => "`forbidden`: the wrong kind of key for this endpoint, or another tenant's object",
     NotFound => "`not_found`: no such object",
-    Conflict => "`conflict`: the name or id is already taken",
+    Conflict => "`conflict`: the name or id is already taken; `quota_exceeded`: the tenant is at one of its quotas (the message names it and its limit)",
     InvalidField => "`invalid_field`: a well-formed body whose field is missing, unknown or invalid; the message names the field",
     PayloadTooLarge => "`payload_too_large`: the body is larger than the limit",
     Internal => "`internal`: the server failed; details are in its log only",

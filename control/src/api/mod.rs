@@ -37,7 +37,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(doc::readyz))
         .routes(routes!(doc::openapi_json))
         .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::delete))
+        .routes(routes!(tenants::policy::update, tenants::delete))
         .routes(routes!(tenants::show))
         .routes(routes!(tenants::put_branding))
         .routes(routes!(tenants::put_frame_ancestors))

@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 
-use super::doc::{BadRequest, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized};
+use super::doc::{
+    BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
+};
 use super::{owned, sandboxes, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_parse, enum_text, now_ms, Kind, PreviewRow, Write, PREVIEW_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
 use crate::keys;
+use crate::quotas::{self, Resource};
 use crate::state::App;
 
 #[derive(Deserialize, ToSchema)]
@@ -100,6 +103,7 @@ async fn slug_taken(conn: &mut AnyConnection, slug: &str) -> ApiResult<bool> {
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
         (status = 422, response = InvalidField),
         (status = 500, response = Internal),
@@ -131,6 +135,8 @@ pub async fn create(
         sqlx::query("DELETE FROM previews WHERE id = $1").bind(old).execute(write.conn()).await?;
         write.touch(Kind::Preview, old);
     }
+    // Counted after the replaced one went: replacing a preview needs no free slot.
+    quotas::check(write.conn(), app.quotas, &key.tenant_id, Resource::Previews, 1).await?;
     let mut slug = keys::random_label(12);
     for _ in 0..8 {
         if !slug_taken(write.conn(), &slug).await? {

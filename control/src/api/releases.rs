@@ -12,7 +12,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 
-use super::doc::{Forbidden, Internal, InvalidField, NotFound, Unauthorized};
+use super::doc::{Conflict, Forbidden, Internal, InvalidField, NotFound, Unauthorized};
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult, PathId};
@@ -57,6 +57,7 @@ pub struct Release {
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 422, response = InvalidField),
         (status = 500, response = Internal),
     )
@@ -84,6 +85,9 @@ pub async fn upload(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("checking a release: {e}")))??;
+    // The tenant's `release_bytes` quota (SPEC §7), before anything is stored.
+    let size = checked.unpacked_bytes;
+    crate::quotas::release_fits(&app.pool, app.quotas, &key.tenant_id, &sha256, size).await?;
     // The archive first, then the tenant's row: a release a tenant may name is always there to fetch.
     releases::store(&app.pool, &sha256, &bytes, now_ms()).await?;
     let inserted = sqlx::query(
@@ -97,6 +101,9 @@ pub async fn upload(
     .bind(now_ms())
     .execute(&app.pool)
     .await?;
+    if inserted.rows_affected() > 0 {
+        crate::quotas::release_recheck(&app.pool, app.quotas, &key.tenant_id, &sha256, size).await?;
+    }
     let status = if inserted.rows_affected() > 0 { StatusCode::CREATED } else { StatusCode::OK };
     let body = Release { id: sha256.clone(), sha256, files: checked.files, bytes: checked.unpacked_bytes };
     Ok((status, Json(body)).into_response())

@@ -17,6 +17,7 @@ use super::{owned, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_text, now_ms, Kind, SandboxRow, Write, SANDBOX_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::quotas::{self, Resource};
 use crate::state::App;
 use crate::{keys, validate};
 
@@ -73,7 +74,7 @@ pub struct CreateSandbox {
 }
 
 /// Tells "absent" (keep) from `null` (clear) in a PATCH body.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -227,6 +228,9 @@ pub async fn create(
     let created_at = now_ms();
 
     let mut write = Write::begin(&app.pool).await?;
+    let narrow = db::tenant_upstream(write.conn(), &key.tenant_id).await?;
+    validate::upstream_address("address", &address, &app.upstream_allow, narrow.as_deref())?;
+    quotas::check(write.conn(), app.quotas, &key.tenant_id, Resource::Sandboxes, 1).await?;
     let id = match body.id {
         Some(id) if id_taken(write.conn(), &id).await? => {
             return Err(ApiError::Conflict(format!("id: sandbox {id} already exists")));
@@ -377,6 +381,10 @@ pub async fn update(
 
     let mut write = Write::begin(&app.pool).await?;
     let row = load_owned(write.conn(), &key.tenant_id, &id).await?;
+    if let Some(a) = &address {
+        let narrow = db::tenant_upstream(write.conn(), &key.tenant_id).await?;
+        validate::upstream_address("address", a, &app.upstream_allow, narrow.as_deref())?;
+    }
     sqlx::query(
         "UPDATE sandboxes SET address = $1, state = $2, default_visibility = $3, wake_policy = $4, \
          external_user_id = $5, external_project_id = $6, metadata = $7, allow_preflight = $8 WHERE id = $9",

@@ -16,8 +16,11 @@ use crate::auth::{Admin, TenantKey};
 use crate::certificates::CertificateStatus;
 use crate::db::{self, now_ms, Kind, TenantRow, Write, TENANT_COLUMNS};
 use crate::error::{ApiError, ApiJson, ApiResult, PathId};
+use crate::quotas::Quotas;
 use crate::state::App;
 use crate::{keys, validate};
+
+pub(super) mod policy;
 
 const MAX_RPS: u32 = 1_000_000;
 const MAX_PER_MINUTE: u32 = 100_000;
@@ -39,6 +42,11 @@ pub struct TenantView {
     /// The tenant's own limits, or the platform default when it set none.
     rate_limits: RateLimits,
     preview_domain: Option<PreviewDomain>,
+    /// The admin's narrowing of the upstream policy (`PATCH /v1/tenants/{id}`): sandboxes and deployment
+    /// instances must lie inside both this and `--upstream-allow`. `null`: `--upstream-allow` alone.
+    upstream_cidrs: Option<Vec<String>>,
+    /// The limits in force: what the admin set, else the platform defaults (`--quota-*`).
+    quotas: Quotas,
 }
 
 /// A tenant's preview domain: `{slug}.<hostname>` routes once it is `verified`.
@@ -83,6 +91,8 @@ fn view(app: &App, row: &TenantRow) -> ApiResult<TenantView> {
         frame_ancestors: row.frame_ancestors()?,
         rate_limits: row.rate_limits()?.unwrap_or(app.default_rate_limits),
         preview_domain,
+        upstream_cidrs: row.upstream_cidrs()?.map(|l| l.iter().map(ToString::to_string).collect()),
+        quotas: row.quotas(app.quotas)?,
     })
 }
 
@@ -198,6 +208,7 @@ pub async fn delete(State(app): State<App>, _: Admin, PathId(id): PathId) -> Api
     for sql in [
         "DELETE FROM previews WHERE tenant_id = $1",
         "DELETE FROM sandboxes WHERE tenant_id = $1",
+        "DELETE FROM acme_orders WHERE tenant_id = $1",
         "DELETE FROM tenants WHERE id = $1",
     ] {
         sqlx::query(sql).bind(&id).execute(write.conn()).await?;
@@ -441,6 +452,17 @@ pub async fn set_preview_domain(
         .await?;
     if holder.is_some_and(|h| h != key.tenant_id) {
         return Err(ApiError::Conflict(format!("hostname: {hostname} is already claimed by another tenant")));
+    }
+    // Another tenant's custom domain by that very name routes to that tenant's deployment.
+    let custom: Option<String> = sqlx::query_scalar(
+        "SELECT tenant_id FROM deployment_domains WHERE hostname = $1 AND tenant_id <> $2",
+    )
+    .bind(&hostname)
+    .bind(&key.tenant_id)
+    .fetch_optional(write.conn())
+    .await?;
+    if custom.is_some() {
+        return Err(ApiError::Conflict(format!("hostname: {hostname} is another tenant's custom domain")));
     }
     sqlx::query("UPDATE tenants SET preview_domain = $1, preview_domain_status = 'pending' WHERE id = $2")
         .bind(&hostname)

@@ -39,6 +39,8 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         acme_directory: None,
         acme_ca_file: None,
         dns_resolver: None,
+        quotas: Default::default(),
+        acme_orders_per_hour: 20,
     }
 }
 
