@@ -310,15 +310,12 @@ async fn refused_in_bounded_memory(control: &Control, tenant: &Api, bomb: &[u8],
     let before = rss(control);
     let (status, body) = upload(tenant, bomb, &sha256_hex(bomb)).await;
     let after = rss(control);
+    let grew = after.saturating_sub(before);
+    eprintln!("{reason}: control's RSS grew by {} KiB for a {}-byte archive", grew / 1024, bomb.len());
+    assert!(grew < 64 * MIB, "control grew from {before} to {after} bytes");
     assert_eq!(status, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains(reason), "the limit is named: {message}");
-    assert!(after < before + 64 * MIB, "control grew from {before} to {after} bytes");
-    eprintln!(
-        "{reason}: control's RSS grew by {} KiB for a {}-byte archive",
-        (after.saturating_sub(before)) / 1024,
-        bomb.len()
-    );
     let kept: Vec<_> = stored(control).await.into_iter().map(|(sha, _)| sha).collect();
     assert_eq!(kept, [sha256_hex(&warm)], "nothing stored for the refused archive");
 }
