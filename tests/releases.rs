@@ -248,3 +248,135 @@ async fn bad_archives_are_refused_with_422_and_nothing_is_stored() {
     let bad = sha256_hex(&cases[0].1);
     assert_eq!(tenant.call("POST", &path, Some(json!({"release": bad}))).await.0, 422);
 }
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// A raw ustar header block.
+fn header(name: &str, kind: tar::EntryType, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A well-formed gzip of `prefix` followed by `zeros` zero bytes (a whole number of MiB), made without
+/// compressing every zero: one MiB of zeros is deflated once, flushed to a byte boundary (so it refers
+/// only to itself) and repeated; the trailer's CRC-32 is combined rather than computed over the whole.
+fn gz_with_zeros(prefix: &[u8], zeros: u64) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
+    assert_eq!(zeros % MIB, 0);
+    let deflate = |data: &[u8]| {
+        let mut c = Compress::new(Compression::best(), false);
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        assert_eq!(c.total_in(), data.len() as u64);
+        out
+    };
+    let mib = vec![0u8; MIB as usize];
+    let segment = deflate(&mib);
+    let mut crc = Crc::new();
+    crc.update(prefix);
+    let mut crc_mib = Crc::new();
+    crc_mib.update(&mib);
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    out.extend(deflate(prefix));
+    for _ in 0..zeros / MIB {
+        out.extend_from_slice(&segment);
+        crc.combine(&crc_mib);
+    }
+    // The final block: fixed Huffman, end-of-block only.
+    out.extend_from_slice(&[0x03, 0x00]);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&crc.amount().to_le_bytes());
+    out
+}
+
+/// Control's resident set (VmRSS) in bytes.
+fn rss(control: &Control) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", control.proc.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Uploads `bomb` and asserts a 422 naming `reason`, nothing stored, and control's memory bounded.
+async fn refused_in_bounded_memory(control: &Control, tenant: &Api, bomb: &[u8], reason: &str) {
+    // Warm up first: a small valid upload, so the baseline includes what any upload allocates.
+    let warm = archive(&[("warm.txt", tar::EntryType::Regular, b"warm")]);
+    assert_eq!(upload(tenant, &warm, &sha256_hex(&warm)).await.0, 201);
+    let before = rss(control);
+    let (status, body) = upload(tenant, bomb, &sha256_hex(bomb)).await;
+    let after = rss(control);
+    let grew = after.saturating_sub(before);
+    eprintln!("{reason}: control's RSS grew by {} KiB for a {}-byte archive", grew / 1024, bomb.len());
+    assert!(grew < 64 * MIB, "control grew from {before} to {after} bytes");
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(reason), "the limit is named: {message}");
+    let kept: Vec<_> = stored(control).await.into_iter().map(|(sha, _)| sha).collect();
+    assert_eq!(kept, [sha256_hex(&warm)], "nothing stored for the refused archive");
+}
+
+#[tokio::test]
+async fn a_gnu_long_name_of_a_gibibyte_is_refused_in_bounded_memory() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    // One 'L' header claiming a 1 GiB name, and the GiB of it: about 1 MB compressed.
+    let bomb = gz_with_zeros(&header("././@LongLink", tar::EntryType::GNULongName, GIB), GIB);
+    assert!(bomb.len() < 2 * MIB as usize, "{} bytes", bomb.len());
+    refused_in_bounded_memory(&stack.control, &tenant, &bomb, "GNU long name").await;
+
+    // A long name under the cap still works: written by `tar`'s builder as a GNU long name, served by the
+    // edge, which streamed the archive to disk and kept nothing but the unpacked release.
+    let deep = format!("{}/page.html", "long-directory-name".repeat(12));
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    for (path, data) in [("index.html", &b"<h1>home</h1>"[..]), (deep.as_str(), b"<p>deep</p>")] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    let site = b.into_inner().unwrap().finish().unwrap();
+    let host = static_site(&stack, &tenant, &site).await;
+    let deep_page = stack.edge.client().get(stack.edge.url(&host, &format!("/{deep}"))).send().await.unwrap();
+    assert_eq!(deep_page.text().await.unwrap(), "<p>deep</p>");
+    let left: Vec<_> = std::fs::read_dir(stack.edge.state_dir.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [sha256_hex(&site)], "no download or archive left beside the release");
+}
+
+#[tokio::test]
+async fn a_thousand_to_one_compression_bomb_is_refused_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&dir.path().join("control")).await;
+    let tenant = Api::admin(&control.url).tenant("acme").await;
+    // One regular file of a GiB of zeros (the last KiB is the end-of-archive marker).
+    let bomb = gz_with_zeros(&header("zeros.bin", tar::EntryType::Regular, GIB - 1024), GIB);
+    assert!(GIB / bomb.len() as u64 >= 1000, "a 1,000:1 ratio: {} bytes", bomb.len());
+    refused_in_bounded_memory(&control, &tenant, &bomb, "times its compressed size").await;
+}
+
+#[tokio::test]
+async fn directory_entries_count_against_the_entry_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default limit (10,000 entries) is in force.
+    let control = Control::start(&dir.path().join("control")).await;
+    let tenant = Api::admin(&control.url).tenant("acme").await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for i in 0..200_000 {
+        gz.write_all(&header(&format!("d{i:06}/"), tar::EntryType::Directory, 0)).unwrap();
+    }
+    gz.write_all(&[0; 1024]).unwrap();
+    let dirs = gz.finish().unwrap();
+    let (status, body) = upload(&tenant, &dirs, &sha256_hex(&dirs)).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("more than 10000 entries"), "{message}");
+    assert!(stored(&control).await.is_empty());
+}

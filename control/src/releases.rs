@@ -1,18 +1,30 @@
-//! Static releases: `.tar.gz` archives checked once on upload and kept content-addressed in the database
-//! (`release_data`, keyed by SHA-256), so the same release uploaded twice (by anyone) is stored once and
-//! every control replica can hand it to an edge.
+//! Static releases: `.tar.gz` archives checked as they are uploaded and kept content-addressed in the
+//! database (`release_data`, keyed by SHA-256), so the same release uploaded twice (by anyone) is stored
+//! once and every control replica can hand it to an edge.
+//!
+//! An upload is checked while it streams, in two halves that never see the whole archive at once:
+//! [`Intake`] takes the body's bytes as they arrive (SHA-256, `--release-max-bytes`), and
+//! [`check_stream`] reads the same bytes through a gzip decoder and a header-at-a-time tar walker
+//! (`archive.rs`) that caps long-name and PAX headers before reading them, counts every entry against
+//! `--release-max-files`, and stops a compression bomb at 20 times the compressed bytes read so far.
+//! Only the compressed archive itself (at most `--release-max-bytes`) is held, to be written as one
+//! database value once both halves accept it; a refused archive is dropped and nothing is stored.
 
 use std::io::Read;
 use std::path::{Component, Path};
 
 use sqlx::AnyPool;
 
+mod archive;
+#[cfg(test)]
+mod tests;
+
 /// Limits on one archive (`control --release-max-bytes`, `--release-max-files`).
 #[derive(Clone, Copy, Debug)]
 pub struct ReleaseLimits {
     /// The `.tar.gz` itself.
     pub max_bytes: u64,
-    /// Regular files in it.
+    /// Entries in it: files, directories, and anything else a header describes.
     pub max_files: u64,
 }
 
@@ -22,9 +34,6 @@ impl Default for ReleaseLimits {
     }
 }
 
-/// Unpacked, an archive may hold this many times its packed size at most: a gzip bomb stops here.
-const MAX_EXPANSION: u64 = 20;
-
 /// Why an archive is refused; each message is shown to the uploader (422).
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -32,10 +41,15 @@ pub enum ReleaseError {
     HashMismatch { expected: String, actual: String },
     #[error("the archive is larger than {0} bytes")]
     TooLarge(u64),
-    #[error("the archive unpacks to more than {0} bytes")]
-    TooLargeUnpacked(u64),
-    #[error("the archive holds more than {0} files")]
+    #[error(
+        "the archive unpacks to more than {ratio} times its compressed size (stopped after {unpacked} \
+         bytes unpacked)"
+    )]
+    Expands { ratio: u64, unpacked: u64 },
+    #[error("the archive holds more than {0} entries (files and directories count alike)")]
     TooManyFiles(u64),
+    #[error("a {what} of {size} bytes; at most {max} bytes are accepted")]
+    HeaderTooLarge { what: &'static str, size: u64, max: u64 },
     #[error("not a gzip-compressed tar archive: {0}")]
     Unreadable(String),
     #[error("entry {0:?} has an absolute path")]
@@ -53,12 +67,9 @@ pub enum ReleaseError {
 /// What an accepted archive holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Checked {
+    /// Regular files (directories count against the limit, not here).
     pub files: u64,
     pub unpacked_bytes: u64,
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 /// A release id as it may appear in a URL: 64 lowercase hex digits.
@@ -66,49 +77,41 @@ pub fn is_release_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Reads the whole archive once, refusing anything an edge could not unpack safely.
-pub fn check(expected_sha256: &str, bytes: &[u8], limits: ReleaseLimits) -> Result<Checked, ReleaseError> {
-    if bytes.len() as u64 > limits.max_bytes {
-        return Err(ReleaseError::TooLarge(limits.max_bytes));
+/// The upload's bytes as they arrive: counted against `--release-max-bytes` and hashed.
+pub struct Intake {
+    sha256: ring::digest::Context,
+    len: u64,
+    max: u64,
+}
+
+impl Intake {
+    pub fn new(limits: ReleaseLimits) -> Self {
+        Self { sha256: ring::digest::Context::new(&ring::digest::SHA256), len: 0, max: limits.max_bytes }
     }
-    let actual = sha256_hex(bytes);
-    if actual != expected_sha256 {
-        return Err(ReleaseError::HashMismatch { expected: expected_sha256.to_string(), actual });
+
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), ReleaseError> {
+        self.len += bytes.len() as u64;
+        if self.len > self.max {
+            return Err(ReleaseError::TooLarge(self.max));
+        }
+        self.sha256.update(bytes);
+        Ok(())
     }
-    let max_unpacked = (bytes.len() as u64).saturating_mul(MAX_EXPANSION).max(1024 * 1024);
-    let unreadable = |e: std::io::Error| ReleaseError::Unreadable(e.to_string());
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    let mut checked = Checked { files: 0, unpacked_bytes: 0 };
-    for entry in archive.entries().map_err(unreadable)? {
-        let mut entry = entry.map_err(unreadable)?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            continue;
+
+    /// The whole body has arrived: its hash must be the one in the URL.
+    pub fn finish(self, expected_sha256: &str) -> Result<(), ReleaseError> {
+        let actual = hex::encode(self.sha256.finish());
+        if actual != expected_sha256 {
+            return Err(ReleaseError::HashMismatch { expected: expected_sha256.to_string(), actual });
         }
-        check_path(&raw)?;
-        if kind.is_symlink() || kind.is_hard_link() {
-            return Err(ReleaseError::Link(raw));
-        }
-        if kind.is_dir() {
-            continue;
-        }
-        if !kind.is_file() && kind != tar::EntryType::Continuous {
-            return Err(ReleaseError::Unsupported(raw));
-        }
-        checked.files += 1;
-        if checked.files > limits.max_files {
-            return Err(ReleaseError::TooManyFiles(limits.max_files));
-        }
-        // Read the data rather than trusting the header: a corrupt stream must fail here, not at an edge.
-        let n = std::io::copy(&mut (&mut entry).take(max_unpacked + 1), &mut std::io::sink())
-            .map_err(unreadable)?;
-        checked.unpacked_bytes += n;
-        if checked.unpacked_bytes > max_unpacked {
-            return Err(ReleaseError::TooLargeUnpacked(max_unpacked));
-        }
+        Ok(())
     }
-    Ok(checked)
+}
+
+/// Reads the archive once as it streams from `gz`, refusing anything an edge could not unpack safely.
+/// Blocking: run it off the async workers, fed by a channel.
+pub fn check_stream(gz: impl Read, limits: ReleaseLimits) -> Result<Checked, ReleaseError> {
+    archive::walk(gz, limits)
 }
 
 /// An entry's path must stay inside the release: relative, no `..`, a servable name.
@@ -159,79 +162,4 @@ pub async fn read(pool: &AnyPool, sha256: &str) -> sqlx::Result<Option<Vec<u8>>>
         .bind(sha256)
         .fetch_optional(pool)
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn archive(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
-        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let mut b = tar::Builder::new(gz);
-        for (name, kind, data) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(*kind);
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            // Written raw: the builder's own path checks would refuse the hostile names tested here.
-            let bytes = name.as_bytes();
-            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-            if kind.is_symlink() {
-                h.set_link_name("/etc/passwd").unwrap();
-            }
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap().finish().unwrap()
-    }
-
-    fn checked(bytes: &[u8]) -> Result<Checked, ReleaseError> {
-        check(&sha256_hex(bytes), bytes, ReleaseLimits { max_bytes: 1 << 20, max_files: 3 })
-    }
-
-    #[test]
-    fn nested_files_and_directories_are_accepted() {
-        let a = archive(&[
-            ("index.html", tar::EntryType::Regular, b"hi"),
-            ("docs/", tar::EntryType::Directory, b""),
-            ("docs/a/b.css", tar::EntryType::Regular, b"body{}"),
-        ]);
-        assert_eq!(checked(&a).unwrap(), Checked { files: 2, unpacked_bytes: 8 });
-    }
-
-    #[test]
-    fn hostile_entries_are_refused_with_a_reason() {
-        type Case = (&'static str, tar::EntryType, fn(&ReleaseError) -> bool);
-        let cases: [Case; 5] = [
-            ("/etc/x", tar::EntryType::Regular, |e| matches!(e, ReleaseError::AbsolutePath(_))),
-            ("a/../../x", tar::EntryType::Regular, |e| matches!(e, ReleaseError::ParentDir(_))),
-            ("link", tar::EntryType::Symlink, |e| matches!(e, ReleaseError::Link(_))),
-            ("hard", tar::EntryType::Link, |e| matches!(e, ReleaseError::Link(_))),
-            ("fifo", tar::EntryType::Fifo, |e| matches!(e, ReleaseError::Unsupported(_))),
-        ];
-        for (name, kind, want) in cases {
-            let err = checked(&archive(&[(name, kind, b"")])).unwrap_err();
-            assert!(want(&err), "{name}: {err}");
-        }
-    }
-
-    #[test]
-    fn limits_and_hash_are_enforced() {
-        let four = archive(&[
-            ("a", tar::EntryType::Regular, b"1"),
-            ("b", tar::EntryType::Regular, b"2"),
-            ("c", tar::EntryType::Regular, b"3"),
-            ("d", tar::EntryType::Regular, b"4"),
-        ]);
-        assert!(matches!(checked(&four), Err(ReleaseError::TooManyFiles(3))));
-        let one = archive(&[("a", tar::EntryType::Regular, b"1")]);
-        assert!(matches!(
-            check(&"0".repeat(64), &one, ReleaseLimits::default()),
-            Err(ReleaseError::HashMismatch { .. })
-        ));
-        let small = ReleaseLimits { max_bytes: 10, max_files: 10 };
-        assert!(matches!(check(&sha256_hex(&one), &one, small), Err(ReleaseError::TooLarge(10))));
-        assert!(matches!(checked(b"not gzip"), Err(ReleaseError::Unreadable(_))));
-    }
 }

@@ -1,5 +1,6 @@
 //! Static releases, served by the edge itself: fetched from control by SHA-256 when a version using one
-//! is promoted (or on its first request), checked against that hash, unpacked under
+//! is promoted (or on its first request), streamed to a file while checked against that hash (never
+//! held in memory whole), unpacked from that file under
 //! `<state-dir>/releases/<sha256>/`, and answered with `index.html` for directories, `Content-Type` by
 //! extension, a strong `ETag` (`If-None-Match` → 304), `HEAD`, single `Range`s, gzip/brotli through
 //! Pingora's compression module, and the release's own `404.html`.
@@ -20,7 +21,7 @@ use pingora::http::ResponseHeader;
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::Session;
 use portico_wire::VersionTarget;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::control::Control;
 use crate::error::EdgeError;
@@ -34,7 +35,7 @@ const CACHE_TOTAL: u64 = 64 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 const COMPRESSION_LEVEL: u32 = 5;
 /// A fetched archive may not exceed this (control enforces its own, lower, limit on upload).
-const MAX_ARCHIVE: usize = 1024 * 1024 * 1024;
+const MAX_ARCHIVE: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -120,9 +121,9 @@ impl Releases {
             self.ready.pin().insert(sha256.into());
             return Ok(dir);
         }
-        let bytes = self.download(sha256).await?;
+        let archive = self.download(sha256).await?;
         let (root, sha) = (self.root.clone(), sha256.to_string());
-        tokio::task::spawn_blocking(move || unpack(&root, &sha, &bytes))
+        tokio::task::spawn_blocking(move || unpack(&root, &sha, &archive))
             .await
             .map_err(|e| ReleaseError::Io(std::io::Error::other(e.to_string())))??;
         self.ready.pin().insert(sha256.into());
@@ -130,8 +131,15 @@ impl Releases {
         Ok(dir)
     }
 
-    async fn download(&self, sha256: &str) -> Result<Bytes, ReleaseError> {
-        let r = self
+    /// The archive on disk as `<root>/<sha256>.tar.gz`. It is streamed from control into a temporary file
+    /// while hashed, and renamed to that name only when the hash matches, so the name always holds the
+    /// verified archive and the edge never holds more than a chunk of it in memory.
+    async fn download(&self, sha256: &str) -> Result<PathBuf, ReleaseError> {
+        let archive = self.root.join(format!("{sha256}.tar.gz"));
+        if tokio::fs::metadata(&archive).await.is_ok_and(|m| m.is_file()) {
+            return Ok(archive);
+        }
+        let mut r = self
             .control
             .call(|http, url| {
                 http.get(format!("{url}/v1/edge/releases/{sha256}")).timeout(Duration::from_secs(300))
@@ -140,15 +148,36 @@ impl Releases {
         if !r.status().is_success() {
             return Err(ReleaseError::Status(r.status().as_u16()));
         }
-        if r.content_length().is_some_and(|n| n > MAX_ARCHIVE as u64) {
+        if r.content_length().is_some_and(|n| n > MAX_ARCHIVE) {
             return Err(ReleaseError::TooLarge);
         }
-        let bytes = r.bytes().await?;
-        let actual = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes));
-        if actual != sha256 {
-            return Err(ReleaseError::Hash(actual));
+        tokio::fs::create_dir_all(&self.root).await?;
+        let tmp = self.root.join(format!(".{sha256}.{}.download", std::process::id()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut len = 0u64;
+            while let Some(chunk) = r.chunk().await? {
+                len += chunk.len() as u64;
+                if len > MAX_ARCHIVE {
+                    return Err(ReleaseError::TooLarge);
+                }
+                hash.update(&chunk);
+                file.write_all(&chunk).await?;
+            }
+            file.sync_all().await?;
+            let actual = hex::encode(hash.finish());
+            if actual != sha256 {
+                return Err(ReleaseError::Hash(actual));
+            }
+            tokio::fs::rename(&tmp, &archive).await?;
+            Ok(())
         }
-        Ok(bytes)
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result.map(|()| archive)
     }
 
     /// Answers the request from the release. `Err` is an edge error page (unknown file without a
@@ -462,9 +491,9 @@ fn io_err(e: std::io::Error) -> Box<pingora::Error> {
     pingora::Error::because(pingora::ErrorType::ReadError, "reading a release file", e)
 }
 
-/// Unpacks a verified archive beside the others and renames it into place, so a release directory either
-/// is complete or does not exist.
-fn unpack(root: &Path, sha256: &str, bytes: &[u8]) -> Result<(), ReleaseError> {
+/// Unpacks a verified archive (read from disk as it is gunzipped) beside the others and renames it into
+/// place, so a release directory either is complete or does not exist; the archive is removed then.
+fn unpack(root: &Path, sha256: &str, archive_path: &Path) -> Result<(), ReleaseError> {
     std::fs::create_dir_all(root)?;
     let tmp = root.join(format!(".{sha256}.{}.tmp", std::process::id()));
     if tmp.exists() {
@@ -472,7 +501,8 @@ fn unpack(root: &Path, sha256: &str, bytes: &[u8]) -> Result<(), ReleaseError> {
     }
     std::fs::create_dir_all(&tmp)?;
     let result = (|| {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+        let file = std::io::BufReader::new(std::fs::File::open(archive_path)?);
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
         for entry in archive.entries()? {
             let mut entry = entry?;
             let kind = entry.header().entry_type();
@@ -503,6 +533,8 @@ fn unpack(root: &Path, sha256: &str, bytes: &[u8]) -> Result<(), ReleaseError> {
             } else {
                 std::fs::rename(&tmp, dir)?;
             }
+            // Unpacked: the directory is what is served, and the archive can be fetched again.
+            let _ = std::fs::remove_file(archive_path);
             Ok(())
         }
         Err(e) => {

@@ -1,12 +1,16 @@
-//! `PUT /v1/releases/{sha256}`: a static release (`.tar.gz`), checked and stored content-addressed in the
-//! database; and `GET /v1/edge/releases/{sha256}`, where edges fetch it (from any replica) when a version
+//! `PUT /v1/releases/{sha256}`: a static release (`.tar.gz`), checked while it streams and stored
+//! content-addressed in the database; and `GET /v1/edge/releases/{sha256}`, where edges fetch it (from any replica) when a version
 //! using it is promoted.
+
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::Serialize;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
@@ -16,7 +20,7 @@ use super::doc::{Conflict, Forbidden, Internal, InvalidField, NotFound, Unauthor
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult, PathId};
-use crate::releases::{self, is_release_id, ReleaseError};
+use crate::releases::{self, is_release_id, Checked, Intake, ReleaseError, ReleaseLimits};
 use crate::state::App;
 
 /// A `.tar.gz` archive, as bytes: in OpenAPI 3.1, a string whose content is `application/gzip`.
@@ -73,23 +77,13 @@ pub async fn upload(
         return Err(ApiError::NotFound("a release is named by the SHA-256 (hex) of its .tar.gz".into()));
     }
     let limits = app.release_limits;
-    let limit = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
-    let bytes: Bytes = axum::body::to_bytes(body, limit.saturating_add(1))
-        .await
-        .map_err(|_| refused(ReleaseError::TooLarge(limits.max_bytes)))?;
-    let sha = sha256.clone();
-    // Hashing and gunzipping a large archive is blocking work.
-    let (checked, bytes) = tokio::task::spawn_blocking(move || -> ApiResult<_> {
-        let checked = releases::check(&sha, &bytes, limits).map_err(refused)?;
-        Ok((checked, bytes))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("checking a release: {e}")))??;
+    let (bytes, checked) = receive(body, &sha256, limits).await?;
     // The tenant's `release_bytes` quota (SPEC §7), before anything is stored.
     let size = checked.unpacked_bytes;
     crate::quotas::release_fits(&app.pool, app.quotas, &key.tenant_id, &sha256, size).await?;
     // The archive first, then the tenant's row: a release a tenant may name is always there to fetch.
     releases::store(&app.pool, &sha256, &bytes, now_ms()).await?;
+    drop(bytes);
     let inserted = sqlx::query(
         "INSERT INTO releases (sha256, tenant_id, size, files, created_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (sha256, tenant_id) DO NOTHING",
@@ -107,6 +101,91 @@ pub async fn upload(
     let status = if inserted.rows_affected() > 0 { StatusCode::CREATED } else { StatusCode::OK };
     let body = Release { id: sha256.clone(), sha256, files: checked.files, bytes: checked.unpacked_bytes };
     Ok((status, Json(body)).into_response())
+}
+
+/// Frames waiting for the checker: with hyper's frames of at most a few hundred KiB, a few MiB at most.
+const IN_FLIGHT: usize = 8;
+/// How long a refused upload is read on (and dropped) so the client can read its 422.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads the body frame by frame: each frame is hashed, counted and kept (the archive is stored as one
+/// value), and handed to the streaming check on a blocking thread. The first refusal from either side
+/// ends it; nothing is returned for a refused archive, so nothing of it is stored.
+async fn receive(mut body: Body, sha256: &str, limits: ReleaseLimits) -> ApiResult<(Bytes, Checked)> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
+    let mut checker = tokio::task::spawn_blocking(move || {
+        releases::check_stream(Frames { rx, current: Bytes::new() }, limits)
+    });
+    let mut tx = Some(tx);
+    let mut outcome = None;
+    let mut intake = Intake::new(limits);
+    let mut kept = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if let Err(e) = intake.push(&data) {
+            return Err(drained(body, e, limits).await);
+        }
+        kept.extend_from_slice(&data);
+        let Some(sender) = &tx else { continue };
+        if sender.send(data).await.is_err() {
+            // The checker has stopped reading: refused, or past the end-of-archive marker (the rest is
+            // trailing bytes no edge reads, still part of what is hashed and stored).
+            tx = None;
+            match (&mut checker).await.map_err(panicked)? {
+                Err(e) => return Err(drained(body, e, limits).await),
+                Ok(checked) => outcome = Some(checked),
+            }
+        }
+    }
+    drop(tx);
+    let checked = match outcome {
+        Some(checked) => checked,
+        None => checker.await.map_err(panicked)?.map_err(refused)?,
+    };
+    intake.finish(sha256).map_err(refused)?;
+    Ok((kept.freeze(), checked))
+}
+
+/// Reads on (and drops) what is left of a refused upload, within `--release-max-bytes` and
+/// [`DRAIN_TIME`]: answering while the client is still sending makes hyper close the connection with the
+/// rest unread, and the client would see a broken pipe instead of the 422.
+async fn drained(mut body: Body, why: ReleaseError, limits: ReleaseLimits) -> ApiError {
+    let drain = async {
+        let mut seen = 0u64;
+        while seen <= limits.max_bytes {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    refused(why)
+}
+
+fn panicked(e: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal(format!("checking a release: {e}"))
+}
+
+/// The body's frames as a blocking reader, for the checker's gzip decoder.
+struct Frames {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for Frames {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(frame) => self.current = frame,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 fn refused(e: ReleaseError) -> ApiError {
