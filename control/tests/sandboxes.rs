@@ -201,3 +201,34 @@ async fn loopback_is_allowed_when_the_policy_names_it() {
     let (status, _) = h.call(Method::POST, "/v1/sandboxes", &key, Some(json!({"address": "10.0.0.2"}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "10/8 is no longer listed");
 }
+
+#[tokio::test]
+async fn lists_come_in_pages_that_follow_each_other_without_gaps_or_repeats() {
+    let h = Harness::new().await;
+    let (_, key) = h.tenant("Acme").await;
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let body = h.sandbox(&key, json!({"id": format!("page{i:04}"), "address": "10.0.0.2"})).await;
+        made.push(body["id"].as_str().expect("id").to_string());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/sandboxes?limit=2".to_string();
+    for _ in 0..5 {
+        let (status, headers, body) = h.raw_with_headers(Method::GET, &path, Some(&key), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let page = body.as_array().expect("array");
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|s| s["id"].as_str().expect("id").to_string()));
+        let Some(link) = headers.get("link").and_then(|v| v.to_str().ok()) else { break };
+        let next = link.trim_start_matches('<').split('>').next().expect("link target");
+        assert!(next.contains("limit=2") && next.contains("cursor="), "{link}");
+        assert_eq!(headers["x-next-cursor"].to_str().ok(), next.split("cursor=").nth(1));
+        path = next.to_string();
+    }
+    assert_eq!(seen, made, "every sandbox once, oldest first");
+
+    for bad in ["/v1/sandboxes?cursor=nonsense!", "/v1/sandboxes?limit=0", "/v1/sandboxes?limit=5000"] {
+        let (status, body) = h.raw(Method::GET, bad, Some(&key), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+}

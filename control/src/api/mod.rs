@@ -7,6 +7,7 @@ mod certificates;
 mod deployments;
 pub mod doc;
 mod edge;
+mod page;
 mod previews;
 mod releases;
 mod sandboxes;

@@ -2,7 +2,7 @@
 //! which is how a leaked URL is rotated.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::Visibility;
@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::doc::{
     BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
 };
+use super::page::Page;
 use super::{owned, sandboxes, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_parse, enum_text, now_ms, Kind, PreviewRow, Write, PREVIEW_COLUMNS};
@@ -37,6 +38,12 @@ pub struct ListQuery {
     /// Only this sandbox's previews.
     #[serde(default)]
     sandbox_id: Option<String>,
+    /// Rows per page, 1 to 1000 (default 1000); the next page is in the `Link` header.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// Where the page starts: the `X-Next-Cursor` of the page before.
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 /// A preview as the API shows it.
@@ -178,7 +185,8 @@ pub async fn create(
     security(("tenant_key" = [])),
     params(ListQuery),
     responses(
-        (status = 200, description = "The previews, oldest first", body = [PreviewView]),
+        (status = 200, description = "The previews, oldest first; more pages: `Link: <…>; rel=\"next\"`", body = [PreviewView]),
+        (status = 422, response = InvalidField),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -188,24 +196,24 @@ pub async fn create(
 pub async fn list(
     State(app): State<App>,
     key: TenantKey,
+    uri: Uri,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<PreviewView>>> {
+) -> ApiResult<Response> {
+    let page = Page::new(query.limit, query.cursor.as_deref())?;
     let rows: Vec<PreviewRow> = match &query.sandbox_id {
         Some(sandbox) => {
             let sql = format!(
-                "SELECT {PREVIEW_COLUMNS} FROM previews WHERE tenant_id = $1 AND sandbox_id = $2 \
-                 ORDER BY created_at, id"
+                "SELECT {PREVIEW_COLUMNS} FROM previews WHERE tenant_id = $1 AND sandbox_id = $2{}",
+                page.sql(3)
             );
-            sqlx::query_as(&sql).bind(&key.tenant_id).bind(sandbox).fetch_all(&app.pool).await?
+            page.bind(sqlx::query_as(&sql).bind(&key.tenant_id).bind(sandbox)).fetch_all(&app.pool).await?
         }
         None => {
-            let sql = format!(
-                "SELECT {PREVIEW_COLUMNS} FROM previews WHERE tenant_id = $1 ORDER BY created_at, id"
-            );
-            sqlx::query_as(&sql).bind(&key.tenant_id).fetch_all(&app.pool).await?
+            let sql = format!("SELECT {PREVIEW_COLUMNS} FROM previews WHERE tenant_id = $1{}", page.sql(2));
+            page.bind(sqlx::query_as(&sql).bind(&key.tenant_id)).fetch_all(&app.pool).await?
         }
     };
-    Ok(Json(rows.iter().map(|r| view(&app, r)).collect::<ApiResult<_>>()?))
+    page.respond(&uri, rows, |r| (r.created_at, r.id.as_str()), |r| view(&app, r))
 }
 
 #[utoipa::path(

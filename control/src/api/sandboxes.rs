@@ -1,7 +1,7 @@
 //! Sandboxes: where the edge dials, whether it sleeps, and the preview-auth token guarding it.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::{SandboxState, Visibility, WakePolicy};
@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::doc::{
     BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
 };
+use super::page::Page;
 use super::{owned, timestamp, ApiQuery};
 use crate::auth::TenantKey;
 use crate::db::{self, enum_text, now_ms, Kind, SandboxRow, Write, SANDBOX_COLUMNS};
@@ -111,6 +112,12 @@ pub struct ListQuery {
     /// Only running sandboxes without a request for at least this many seconds: candidates to suspend.
     #[serde(default)]
     idle_for: Option<u64>,
+    /// Rows per page, 1 to 1000 (default 1000); the next page is in the `Link` header.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// Where the page starts: the `X-Next-Cursor` of the page before.
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
 /// A sandbox as the API shows it.
@@ -282,7 +289,8 @@ pub async fn create(
     security(("tenant_key" = [])),
     params(ListQuery),
     responses(
-        (status = 200, description = "The sandboxes, oldest first", body = [SandboxView]),
+        (status = 200, description = "The sandboxes, oldest first; more pages: `Link: <…>; rel=\"next\"`", body = [SandboxView]),
+        (status = 422, response = InvalidField),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -292,8 +300,10 @@ pub async fn create(
 pub async fn list(
     State(app): State<App>,
     key: TenantKey,
+    uri: Uri,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<SandboxView>>> {
+) -> ApiResult<Response> {
+    let page = Page::new(query.limit, query.cursor.as_deref())?;
     let mut sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE tenant_id = $1");
     if query.external_user_id.is_some() {
         sql.push_str(" AND external_user_id = $2");
@@ -304,7 +314,8 @@ pub async fn list(
         sql.push_str(&format!(" AND state = ${n} AND COALESCE(last_request_at, created_at) <= ${}", n + 1));
         now_ms().saturating_sub(i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
     });
-    sql.push_str(" ORDER BY created_at, id");
+    let n = 2 + usize::from(query.external_user_id.is_some()) + 2 * usize::from(idle_since.is_some());
+    sql.push_str(&page.sql(n));
     let mut select = sqlx::query_as(&sql).bind(&key.tenant_id);
     if let Some(user) = &query.external_user_id {
         select = select.bind(user);
@@ -312,8 +323,8 @@ pub async fn list(
     if let Some(since) = idle_since {
         select = select.bind(enum_text(SandboxState::Running)).bind(since);
     }
-    let rows: Vec<SandboxRow> = select.fetch_all(&app.pool).await?;
-    Ok(Json(rows.iter().map(view).collect::<ApiResult<_>>()?))
+    let rows: Vec<SandboxRow> = page.bind(select).fetch_all(&app.pool).await?;
+    page.respond(&uri, rows, |r| (r.created_at, r.id.as_str()), view)
 }
 
 #[utoipa::path(

@@ -1,7 +1,7 @@
 //! Tenants: created by the admin; each tenant configures its own branding, CSP, limits and domain.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use portico_wire::{Branding, PerMinute, Rate, RateLimits};
@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 use super::doc::{
     BadRequest, Conflict, Forbidden, Internal, InvalidField, NotFound, PayloadTooLarge, Unauthorized,
 };
-use super::timestamp;
+use super::page::{Page, PageQuery};
+use super::{timestamp, ApiQuery};
 use crate::auth::{Admin, TenantKey};
 use crate::certificates::CertificateStatus;
 use crate::db::{self, now_ms, Kind, TenantRow, Write, TENANT_COLUMNS};
@@ -161,17 +162,26 @@ pub async fn create(
     tag = "tenants",
     summary = "List every tenant",
     security(("admin_key" = [])),
+    params(PageQuery),
     responses(
-        (status = 200, description = "The tenants", body = [TenantView]),
+        (status = 200, description = "The tenants, oldest first; more pages: `Link: <…>; rel=\"next\"`", body = [TenantView]),
+        (status = 400, response = BadRequest),
+        (status = 422, response = InvalidField),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 500, response = Internal),
     )
 )]
-pub async fn list(State(app): State<App>, _: Admin) -> ApiResult<Json<Vec<TenantView>>> {
-    let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id");
-    let rows: Vec<TenantRow> = sqlx::query_as(&sql).fetch_all(&app.pool).await?;
-    Ok(Json(rows.iter().map(|r| view(&app, r)).collect::<ApiResult<_>>()?))
+pub async fn list(
+    State(app): State<App>,
+    _: Admin,
+    uri: Uri,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Response> {
+    let page = Page::new(query.limit, query.cursor.as_deref())?;
+    let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE 1 = 1{}", page.sql(1));
+    let rows: Vec<TenantRow> = page.bind(sqlx::query_as(&sql)).fetch_all(&app.pool).await?;
+    page.respond(&uri, rows, |r| (r.created_at, r.id.as_str()), |r| view(&app, r))
 }
 
 /// Deletes the tenant with its sandboxes and previews, each gone from the feed in the same version.

@@ -71,6 +71,18 @@ impl Harness {
         key: Option<&str>,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
+        let (status, _, value) = self.raw_with_headers(method, path, key, body).await;
+        (status, value)
+    }
+
+    /// [`Harness::raw`], with the response headers.
+    pub async fn raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(key) = key {
             req = req.header("authorization", format!("Bearer {key}"));
@@ -80,11 +92,11 @@ impl Harness {
         }
         let req = req.body(Body::from(body.unwrap_or_default().to_string())).expect("request");
         let res = self.router.clone().oneshot(req).await.expect("response");
-        let status = res.status();
+        let (status, headers) = (res.status(), res.headers().clone());
         let bytes = res.into_body().collect().await.expect("body").to_bytes();
         let value =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
-        (status, value)
+        (status, headers, value)
     }
 
     pub async fn call(
