@@ -59,17 +59,27 @@ async fn upload(api: &Api, bytes: &[u8], sha: &str) -> (u16, serde_json::Value) 
     (status, resp.json().await.unwrap_or_default())
 }
 
-/// The archives control's database holds: (sha256, bytes).
+/// The archives control's database holds: (sha256, bytes), each reassembled from its chunks in order.
 async fn stored(control: &Control) -> Vec<(String, Vec<u8>)> {
     use sqlx::Connection;
     let url = format!("sqlite://{}", control.data_dir.join("portico.db").display());
     let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let rows = sqlx::query_as("SELECT sha256, data FROM release_data ORDER BY sha256")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT d.sha256, COALESCE(c.data, d.data) FROM release_data d \
+         LEFT JOIN release_chunks c ON c.sha256 = d.sha256 ORDER BY d.sha256, c.seq",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     conn.close().await.unwrap();
-    rows
+    let mut archives: Vec<(String, Vec<u8>)> = Vec::new();
+    for (sha, data) in rows {
+        match archives.last_mut() {
+            Some((last, bytes)) if *last == sha => bytes.extend(data),
+            _ => archives.push((sha, data)),
+        }
+    }
+    archives
 }
 
 /// A deployment serving `bytes` as its active release; returns its host.
