@@ -220,8 +220,8 @@ pub async fn fetch(State(app): State<App>, _: EdgeKey, PathId(sha256): PathId) -
     match releases::find(&app.pool, &sha256).await? {
         Some(Stored::Chunks { count, len }) => {
             let chunks = releases::chunks(app.pool.clone(), sha256.clone(), count).inspect_err(move |e| {
-                // The response has begun: all that is left is to cut it short (the edge then sees a body
-                // shorter than its Content-Length and retries).
+                // The response has begun: all that is left is to cut it short. The edge sees a body
+                // shorter than its Content-Length, keeps nothing of it and fetches the release again later.
                 tracing::error!(release = %sha256, error = %e, "release chunk unavailable mid-download");
             });
             Ok(([gzip, (header::CONTENT_LENGTH, &len.to_string())], Body::from_stream(chunks))
