@@ -644,8 +644,13 @@ async fn a_release_uploaded_through_one_replica_is_served_after_that_replica_die
     // Uploaded again through B: the tenant has it already (200), and the database holds it once.
     assert_eq!(put_release(&cluster.replicas[1].url, &cluster.tenant_key, &sha, &bytes).await, 200);
     let mut conn = cluster.db.connect().await;
-    let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT sha256, data FROM release_data").fetch_all(&mut conn).await.unwrap();
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT d.sha256, string_agg(c.data, ''::bytea ORDER BY c.seq) FROM release_data d \
+         JOIN release_chunks c ON c.sha256 = d.sha256 GROUP BY d.sha256",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     assert_eq!(rows, [(sha.clone(), bytes.clone())], "stored once, as uploaded");
     assert!(!cluster.replicas[1].data_dir.join("releases").exists(), "nothing on B's disk");
 }

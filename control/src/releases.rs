@@ -1,23 +1,25 @@
 //! Static releases: `.tar.gz` archives checked as they are uploaded and kept content-addressed in the
-//! database (`release_data`, keyed by SHA-256), so the same release uploaded twice (by anyone) is stored
-//! once and every control replica can hand it to an edge.
+//! database (`release_data` and its `release_chunks`, keyed by SHA-256), so the same release uploaded twice
+//! (by anyone) is stored once and every control replica can hand it to an edge.
 //!
 //! An upload is checked while it streams, in two halves that never see the whole archive at once:
 //! [`Intake`] takes the body's bytes as they arrive (SHA-256, `--release-max-bytes`), and
 //! [`check_stream`] reads the same bytes through a gzip decoder and a header-at-a-time tar walker
 //! (`archive.rs`) that caps long-name and PAX headers before reading them, counts every entry against
 //! `--release-max-files`, and stops a compression bomb at 20 times the compressed bytes read so far.
-//! Only the compressed archive itself (at most `--release-max-bytes`) is held, to be written as one
-//! database value once both halves accept it; a refused archive is dropped and nothing is stored.
+//! Meanwhile the bytes are spooled to an anonymous temporary file ([`Spool`]); once both halves accept the
+//! archive it is written to the database a chunk at a time (`store.rs`), and a refused one is dropped with
+//! its file, nothing stored.
 
 use std::io::Read;
 use std::path::{Component, Path};
 
-use sqlx::AnyPool;
-
 mod archive;
+mod store;
 #[cfg(test)]
 mod tests;
+
+pub use store::{chunks, find, store, Spool, Stored};
 
 /// Limits on one archive (`control --release-max-bytes`, `--release-max-files`).
 #[derive(Clone, Copy, Debug)]
@@ -129,37 +131,4 @@ fn check_path(raw: &str) -> Result<(), ReleaseError> {
         }
     }
     Ok(())
-}
-
-/// Stores the archive unless it is already there; `true` when this call stored it.
-pub async fn store(pool: &AnyPool, sha256: &str, bytes: &[u8], now_ms: i64) -> sqlx::Result<bool> {
-    // Already stored: do not send the bytes again.
-    if exists(pool, sha256).await? {
-        return Ok(false);
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO release_data (sha256, data, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
-    )
-    .bind(sha256)
-    .bind(bytes)
-    .bind(now_ms)
-    .execute(pool)
-    .await?;
-    Ok(inserted.rows_affected() > 0)
-}
-
-async fn exists(pool: &AnyPool, sha256: &str) -> sqlx::Result<bool> {
-    let found: Option<String> = sqlx::query_scalar("SELECT sha256 FROM release_data WHERE sha256 = $1")
-        .bind(sha256)
-        .fetch_optional(pool)
-        .await?;
-    Ok(found.is_some())
-}
-
-/// The archive as uploaded, or `None` when no release has this hash.
-pub async fn read(pool: &AnyPool, sha256: &str) -> sqlx::Result<Option<Vec<u8>>> {
-    sqlx::query_scalar("SELECT data FROM release_data WHERE sha256 = $1")
-        .bind(sha256)
-        .fetch_optional(pool)
-        .await
 }

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::BytesMut;
+use futures_util::TryStreamExt;
 use http_body_util::BodyExt;
 use serde::Serialize;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -20,7 +20,7 @@ use super::doc::{Conflict, Forbidden, Internal, InvalidField, NotFound, Unauthor
 use crate::auth::{EdgeKey, TenantKey};
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult, PathId};
-use crate::releases::{self, is_release_id, Checked, Intake, ReleaseError, ReleaseLimits};
+use crate::releases::{self, is_release_id, Checked, Intake, ReleaseError, ReleaseLimits, Spool, Stored};
 use crate::state::App;
 
 /// A `.tar.gz` archive, as bytes: in OpenAPI 3.1, a string whose content is `application/gzip`.
@@ -77,13 +77,13 @@ pub async fn upload(
         return Err(ApiError::NotFound("a release is named by the SHA-256 (hex) of its .tar.gz".into()));
     }
     let limits = app.release_limits;
-    let (bytes, checked) = receive(body, &sha256, limits).await?;
+    let (mut spool, checked) = receive(body, &sha256, limits).await?;
     // The tenant's `release_bytes` quota (SPEC §7), before anything is stored.
     let size = checked.unpacked_bytes;
     crate::quotas::release_fits(&app.pool, app.quotas, &key.tenant_id, &sha256, size).await?;
     // The archive first, then the tenant's row: a release a tenant may name is always there to fetch.
-    releases::store(&app.pool, &sha256, &bytes, now_ms()).await?;
-    drop(bytes);
+    releases::store(&app.pool, &sha256, &mut spool, now_ms()).await?;
+    drop(spool);
     let inserted = sqlx::query(
         "INSERT INTO releases (sha256, tenant_id, size, files, created_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (sha256, tenant_id) DO NOTHING",
@@ -108,10 +108,10 @@ const IN_FLIGHT: usize = 8;
 /// How long a refused upload is read on (and dropped) so the client can read its 422.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// Reads the body frame by frame: each frame is hashed, counted and kept (the archive is stored as one
-/// value), and handed to the streaming check on a blocking thread. The first refusal from either side
-/// ends it; nothing is returned for a refused archive, so nothing of it is stored.
-async fn receive(mut body: Body, sha256: &str, limits: ReleaseLimits) -> ApiResult<(Bytes, Checked)> {
+/// Reads the body frame by frame: each frame is hashed, counted, spooled to a temporary file (memory holds
+/// only the frames in flight) and handed to the streaming check on a blocking thread. The first refusal
+/// from either side ends it; nothing is returned for a refused archive, so nothing of it is stored.
+async fn receive(mut body: Body, sha256: &str, limits: ReleaseLimits) -> ApiResult<(Spool, Checked)> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(IN_FLIGHT);
     let mut checker = tokio::task::spawn_blocking(move || {
         releases::check_stream(Frames { rx, current: Bytes::new() }, limits)
@@ -119,14 +119,14 @@ async fn receive(mut body: Body, sha256: &str, limits: ReleaseLimits) -> ApiResu
     let mut tx = Some(tx);
     let mut outcome = None;
     let mut intake = Intake::new(limits);
-    let mut kept = BytesMut::new();
+    let mut spool = Spool::new().await.map_err(spooling)?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         if let Err(e) = intake.push(&data) {
             return Err(drained(body, e, limits).await);
         }
-        kept.extend_from_slice(&data);
+        spool.write(&data).await.map_err(spooling)?;
         let Some(sender) = &tx else { continue };
         if sender.send(data).await.is_err() {
             // The checker has stopped reading: refused, or past the end-of-archive marker (the rest is
@@ -144,7 +144,11 @@ async fn receive(mut body: Body, sha256: &str, limits: ReleaseLimits) -> ApiResu
         None => checker.await.map_err(panicked)?.map_err(refused)?,
     };
     intake.finish(sha256).map_err(refused)?;
-    Ok((kept.freeze(), checked))
+    Ok((spool, checked))
+}
+
+fn spooling(e: std::io::Error) -> ApiError {
+    ApiError::Internal(format!("spooling a release to a temporary file: {e}"))
 }
 
 /// Reads on (and drops) what is left of a refused upload, within `--release-max-bytes` and
@@ -192,7 +196,7 @@ fn refused(e: ReleaseError) -> ApiError {
     ApiError::InvalidField(format!("release: {e}"))
 }
 
-/// The archive as uploaded; the edge checks its hash again before unpacking.
+/// The archive as uploaded, streamed a chunk at a time; the edge checks its hash again before unpacking.
 #[utoipa::path(
     get,
     operation_id = "edge_release_fetch",
@@ -212,8 +216,19 @@ pub async fn fetch(State(app): State<App>, _: EdgeKey, PathId(sha256): PathId) -
     if !is_release_id(&sha256) {
         return Err(ApiError::not_found("release"));
     }
-    match releases::read(&app.pool, &sha256).await? {
-        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response()),
+    let gzip = (header::CONTENT_TYPE, "application/gzip");
+    match releases::find(&app.pool, &sha256).await? {
+        Some(Stored::Chunks { count, len }) => {
+            let chunks = releases::chunks(app.pool.clone(), sha256.clone(), count).inspect_err(move |e| {
+                // The response has begun: all that is left is to cut it short. The edge sees a body
+                // shorter than its Content-Length, keeps nothing of it and fetches the release again later.
+                tracing::error!(release = %sha256, error = %e, "release chunk unavailable mid-download");
+            });
+            Ok(([gzip, (header::CONTENT_LENGTH, &len.to_string())], Body::from_stream(chunks))
+                .into_response())
+        }
+        // Stored before chunks: one value, as it was always served.
+        Some(Stored::Whole(bytes)) => Ok(([gzip], bytes).into_response()),
         None => Err(ApiError::not_found("release")),
     }
 }

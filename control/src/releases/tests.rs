@@ -2,6 +2,7 @@
 use std::io::Write;
 
 use super::archive::{EXPANSION_FLOOR, MAX_EXPANSION, MAX_LONG_NAME, MAX_PAX};
+use super::store::CHUNK;
 use super::*;
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -214,4 +215,57 @@ fn bad_checksums_and_truncation_are_refused() {
     e.write_all(b"short").unwrap();
     let cut = e.finish().unwrap();
     assert!(matches!(checked(&cut), Err(ReleaseError::Unreadable(_))));
+}
+
+async fn spooled(bytes: &[u8]) -> Spool {
+    let mut spool = Spool::new().await.unwrap();
+    for part in bytes.chunks(100_000) {
+        spool.write(part).await.unwrap();
+    }
+    spool
+}
+
+async fn read_back(pool: &sqlx::AnyPool, sha: &str) -> Vec<u8> {
+    use futures_util::TryStreamExt;
+    match find(pool, sha).await.unwrap().unwrap() {
+        Stored::Chunks { count, len } => {
+            let parts: Vec<_> = chunks(pool.clone(), sha.to_string(), count).try_collect().await.unwrap();
+            assert!(parts.iter().all(|p| p.len() <= CHUNK), "no chunk above {CHUNK} bytes");
+            let whole = parts.concat();
+            assert_eq!(whole.len() as u64, len);
+            whole
+        }
+        Stored::Whole(bytes) => bytes,
+    }
+}
+
+#[tokio::test]
+async fn an_archive_is_stored_in_chunks_once_and_read_back_in_order() {
+    let pool = crate::db::open("sqlite::memory:").await.unwrap();
+    // Two and a half chunks, each byte telling its place.
+    let bytes: Vec<u8> = (0..CHUNK * 5 / 2).map(|i| (i % 251) as u8).collect();
+    let sha = sha256_hex(&bytes);
+    assert!(store(&pool, &sha, &mut spooled(&bytes).await, 1).await.unwrap());
+    assert_eq!(find(&pool, &sha).await.unwrap(), Some(Stored::Chunks { count: 3, len: bytes.len() as u64 }));
+    assert_eq!(read_back(&pool, &sha).await, bytes);
+    // The same archive again: nothing more stored.
+    assert!(!store(&pool, &sha, &mut spooled(&bytes).await, 2).await.unwrap());
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM release_chunks").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 3);
+    assert_eq!(find(&pool, &"0".repeat(64)).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_archive_stored_whole_before_chunks_is_still_read() {
+    let pool = crate::db::open("sqlite::memory:").await.unwrap();
+    let bytes = archive(&[("index.html", tar::EntryType::Regular, b"<h1>old</h1>")]);
+    let sha = sha256_hex(&bytes);
+    sqlx::query("INSERT INTO release_data (sha256, data, created_at) VALUES ($1, $2, 0)")
+        .bind(&sha)
+        .bind(&bytes[..])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(find(&pool, &sha).await.unwrap(), Some(Stored::Whole(bytes.clone())));
+    assert_eq!(read_back(&pool, &sha).await, bytes);
 }
