@@ -94,6 +94,8 @@ pub async fn handler(
 }
 
 /// What a long-poll answers: changes (or none), or the whole state.
+// One lives per long-poll for a moment; boxing the changes would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Changes(FeedMessage),
     /// The edge is new, or too far behind: it gets the latest snapshot.

@@ -123,6 +123,6 @@ mod tests {
         let _b = g.attempt("sh_a", None).expect("slot 2");
         assert!(matches!(g.attempt("sh_a", None), Err(ApiError::Busy)));
         drop(a);
-        g.attempt("sh_a", None).expect("a slot came free");
+        let _c = g.attempt("sh_a", None).expect("a slot came free");
     }
 }

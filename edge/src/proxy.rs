@@ -122,15 +122,15 @@ impl Edge {
         let route = route::resolve(&ctx.snap, host)?;
         ctx.route = Some(route.clone());
 
-        // 2. Rate-limit: a locked-out IP is refused before its credential is looked at.
-        let offered = auth::candidates(req);
+        // 2. Rate-limit: a locked-out IP is refused before its credential is looked at. A public route
+        // reads no credential at all.
+        let private = route.visibility == Visibility::Private;
+        let offered = if private { auth::candidates(req) } else { Vec::new() };
         self.limiter.admit(&route, ctx.client_ip, !offered.is_empty())?;
 
         // 3. Authenticate private routes; every credential refused counts toward the IP's lock-out, and
         // the request budget is the accepted credential's.
-        if route.visibility == Visibility::Private
-            && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s))
-        {
+        if private && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s)) {
             let tried = offered.len();
             let grant = self.auth.authenticate(&ctx.snap, &route, offered).await;
             self.limiter.record_auth(&route, ctx.client_ip, auth::failed_guesses(&grant, tried));
