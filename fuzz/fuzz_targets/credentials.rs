@@ -68,7 +68,10 @@ fn check_stripped(req: &RequestHeader, grant: Option<&Grant>) {
     }
     for authz in req.headers.get_all(http::header::AUTHORIZATION) {
         let Ok(authz) = authz.to_str() else { continue };
-        let bearer = authz.trim().split_once(' ').map(|(_, t)| t.trim());
+        let bearer = authz
+            .trim()
+            .split_once(' ')
+            .and_then(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer").then_some(t.trim()));
         assert!(!bearer.is_some_and(ours), "our bearer token left: {authz:?}");
         assert!(
             !grant.is_some_and(|g| g.credential.transport == Transport::Bearer),
