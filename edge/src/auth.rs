@@ -284,8 +284,9 @@ fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        // Split before decoding: a cookie that is not ASCII (a sandbox can set one) hides none of the others.
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|c| std::str::from_utf8(c).ok())
         .filter_map(|c| c.trim().split_once('='))
 }
 

@@ -212,3 +212,14 @@ fn a_second_referer_or_authorization_loses_its_credential_too() {
     assert_eq!(referers, ["http://h/clean", "http://h/?a=1"]);
     assert!(req.headers.get("authorization").is_none());
 }
+
+/// Found by fuzz/ (credentials): one cookie that is not ASCII made the whole `Cookie` header unreadable, so
+/// the session cookie beside it was neither read nor stripped, and reached the upstream.
+#[test]
+fn a_cookie_that_is_not_ascii_hides_no_session_cookie() {
+    let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+    req.append_header("cookie", "name=Jos\u{e9}; preview_session=mp_x.y".as_bytes()).expect("header");
+    assert_eq!(transports(&req), vec![(Transport::Cookie, "mp_x.y".into())]);
+    strip(&mut req, None).expect("strips");
+    assert_eq!(req.headers.get("cookie").map(|v| v.as_bytes()), Some("name=Jos\u{e9}".as_bytes()));
+}
