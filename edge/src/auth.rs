@@ -230,14 +230,23 @@ impl<'a> Ours<'a> {
         for name in HEADERS {
             req.remove_header(name);
         }
-        if let Some(referer) = req.headers.get(http::header::REFERER) {
-            let referer = String::from_utf8_lossy(referer.as_bytes()).into_owned();
-            let clean = self.clean_url(&referer);
-            if clean != referer {
-                req.insert_header(http::header::REFERER, clean)?;
+        // Every `Referer`: a client may send two, and the second must not carry what the first does not.
+        let referers: Vec<String> = req
+            .headers
+            .get_all(http::header::REFERER)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        let clean: Vec<String> = referers.iter().map(|r| self.clean_url(r)).collect();
+        if clean != referers {
+            req.remove_header(&http::header::REFERER);
+            for referer in clean {
+                req.append_header(http::header::REFERER, referer)?;
             }
         }
-        let ours = bearer(req).is_some_and(has_our_prefix);
+        // Every `Authorization`: one of our formats in a second header must not pass either.
+        let ours =
+            req.headers.get_all(http::header::AUTHORIZATION).iter().filter_map(bearer_of).any(has_our_prefix);
         if ours || self.grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
             req.remove_header(&http::header::AUTHORIZATION);
         }
@@ -263,8 +272,11 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn bearer(req: &RequestHeader) -> Option<&str> {
-    let v = req.headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
+    bearer_of(req.headers.get(http::header::AUTHORIZATION)?)
+}
+
+fn bearer_of(value: &http::HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
@@ -272,8 +284,9 @@ fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        // Split before decoding: a cookie that is not ASCII (a sandbox can set one) hides none of the others.
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|c| std::str::from_utf8(c).ok())
         .filter_map(|c| c.trim().split_once('='))
 }
 

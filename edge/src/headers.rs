@@ -74,7 +74,13 @@ pub fn sanitize_set_cookies(resp: &mut ResponseHeader, session_cookie: &str) -> 
 pub fn host_only_cookie(value: &str, session_cookie: &str) -> Option<String> {
     let mut parts = value.split(';');
     let pair = parts.next().unwrap_or_default();
-    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    // A nameless cookie (`=a=b`) is sent back bare, `Cookie: a=b`: what precedes the `=` in its value is
+    // the name every server reads (RFC 6265bis §5.6, §5.7.4).
+    let name = match name.trim() {
+        "" => value.split_once('=').map_or(value, |(n, _)| n).trim(),
+        name => name,
+    };
     if name.eq_ignore_ascii_case(session_cookie) {
         return None;
     }
@@ -193,6 +199,11 @@ mod tests {
             Some("a=1; Path=/")
         );
         assert_eq!(host_only_cookie("Preview_Session=x; Path=/", "preview_session"), None);
+        // Found by fuzz/ (response_headers): a nameless cookie comes back as `Cookie: preview_session=evil`.
+        for nameless in ["=preview_session=evil", " = preview_session=evil; Path=/", "=preview_session"] {
+            assert_eq!(host_only_cookie(nameless, "preview_session"), None, "{nameless}");
+        }
+        assert_eq!(host_only_cookie("=a=1; Domain=x", "preview_session").as_deref(), Some("=a=1"));
         let mut resp = ResponseHeader::build(200, None).expect("header");
         resp.append_header("set-cookie", "a=1; Domain=example.app; HttpOnly").expect("h");
         resp.append_header("set-cookie", "preview_session=evil").expect("h");

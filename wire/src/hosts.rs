@@ -34,6 +34,15 @@ impl Placeholder {
         })
     }
 
+    /// Whether `c` may appear in a value of this placeholder.
+    fn may_contain(self, c: u8) -> bool {
+        match self {
+            Self::Port => c.is_ascii_digit(),
+            Self::Sandbox | Self::Slug => c.is_ascii_lowercase() || c.is_ascii_digit(),
+            Self::App | Self::Workspace => c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-',
+        }
+    }
+
     /// Whether `value` is a whole, valid value for this placeholder.
     fn accepts(self, value: &str) -> bool {
         match self {
@@ -85,6 +94,8 @@ pub enum TemplateError {
     Placeholders(String),
     #[error("host template {0:?}: literal text must be lowercase letters, digits, '-' or '.'")]
     Literal(String),
+    #[error("host template {0:?}: the text between two placeholders could be part of either value")]
+    Ambiguous(String),
 }
 
 /// A parsed host template.
@@ -137,6 +148,15 @@ impl HostTemplate {
             }
             if tokens.is_empty() {
                 return Err(TemplateError::Literal(err_src()));
+            }
+            // `{app}-{workspace}` renders `my-app`/`team` and `my`/`app-team` as one host: the text between
+            // two values must hold a character one of them cannot, so that one host names one route.
+            for w in tokens.windows(3) {
+                if let [Token::Value(a), Token::Literal(lit), Token::Value(b)] = w {
+                    if lit.bytes().all(|c| a.may_contain(c) && b.may_contain(c)) {
+                        return Err(TemplateError::Ambiguous(err_src()));
+                    }
+                }
             }
             labels.push(tokens);
         }

@@ -193,3 +193,33 @@ fn decoys_ahead_of_a_valid_credential_count_as_failures() {
     assert_eq!(failed_guesses(&Err(EdgeError::TokenExpired), 0), 1);
     assert_eq!(failed_guesses(&Err(EdgeError::TokenRequired), 0), 0);
 }
+
+/// Found by fuzz/ (credentials): only the first `Referer` and the first `Authorization` were looked at, so a
+/// credential in a second one reached the upstream.
+#[test]
+fn a_second_referer_or_authorization_loses_its_credential_too() {
+    let mut req = request(
+        "/",
+        &[
+            ("referer", "http://h/clean"),
+            ("referer", "http://h/?preview_token=p&token=mp_x&a=1"),
+            ("authorization", "Basic YXBwOnB3"),
+            ("authorization", "Bearer mp_x.y"),
+        ],
+    );
+    strip(&mut req, None).expect("strips");
+    let referers: Vec<_> = req.headers.get_all("referer").iter().map(|v| v.to_str().unwrap_or("")).collect();
+    assert_eq!(referers, ["http://h/clean", "http://h/?a=1"]);
+    assert!(req.headers.get("authorization").is_none());
+}
+
+/// Found by fuzz/ (credentials): one cookie that is not ASCII made the whole `Cookie` header unreadable, so
+/// the session cookie beside it was neither read nor stripped, and reached the upstream.
+#[test]
+fn a_cookie_that_is_not_ascii_hides_no_session_cookie() {
+    let mut req = RequestHeader::build("GET", b"/", None).expect("req");
+    req.append_header("cookie", "name=Jos\u{e9}; preview_session=mp_x.y".as_bytes()).expect("header");
+    assert_eq!(transports(&req), vec![(Transport::Cookie, "mp_x.y".into())]);
+    strip(&mut req, None).expect("strips");
+    assert_eq!(req.headers.get("cookie").map(|v| v.as_bytes()), Some("name=Jos\u{e9}".as_bytes()));
+}

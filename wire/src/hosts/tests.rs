@@ -88,3 +88,23 @@ fn custom_template_with_separator_inside_sandbox_label() {
         Some(HostMatch::SandboxPort { sandbox: "abcd1234", port: 443 })
     );
 }
+
+/// Found by fuzz/ (host_templates): with `{app}t{workspace}`, `web`/`team` rendered `webtteam`, which came
+/// back as `webt`/`eam`. Likewise with `{app}-{workspace}`, app `my` in workspace `app-team` and app
+/// `my-app` in workspace `team` share one host, routed to whichever the matcher tries first.
+#[test]
+fn templates_where_one_host_could_name_two_routes_are_refused() {
+    for t in [
+        "{app}-{workspace}.apps.dev",
+        "{sandbox}1{port}.x.dev",
+        "x{app}a{workspace}y.dev",
+        "{app}--{workspace}.d",
+    ] {
+        assert!(matches!(HostTemplate::parse(t), Err(TemplateError::Ambiguous(_))), "{t}");
+    }
+    // A separator holding a character one side cannot contain fixes where the values split.
+    let t = HostTemplate::parse("{sandbox}x{port}.x.dev").expect("unambiguous");
+    assert_eq!(t.matches("abcxx1.x.dev"), Some(HostMatch::SandboxPort { sandbox: "abcx", port: 1 }));
+    let t = HostTemplate::parse("{port}a{sandbox}.x.dev").expect("unambiguous");
+    assert_eq!(t.matches("1aaabc.x.dev"), Some(HostMatch::SandboxPort { sandbox: "aabc", port: 1 }));
+}
