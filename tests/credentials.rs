@@ -250,6 +250,17 @@ async fn an_http11_request_without_host_is_a_bad_request() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("x-edge-error: bad_request"), "{answer}");
+
+    // A target that is neither origin- nor absolute-form would reach the sandbox verbatim, token and all.
+    let mut conn = tokio::net::TcpStream::connect(p.stack.edge.addr).await.unwrap();
+    let request =
+        format!("GET {}/p?token={} HTTP/1.1\r\nHost: {}\r\n\r\n", p.host(), p.sandbox_token, p.host());
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("x-edge-error: bad_request"), "{answer}");
 }
 
 #[tokio::test]

@@ -119,6 +119,9 @@ impl Edge {
             http::Version::HTTP_11 => EdgeError::BadRequest,
             _ => EdgeError::NotFound,
         })?;
+        if !is_proxyable_target(req.raw_path()) {
+            return Err(EdgeError::BadRequest);
+        }
         let route = route::resolve(&ctx.snap, host)?;
         ctx.route = Some(route.clone());
 
@@ -453,6 +456,14 @@ impl ProxyHttp for Edge {
 /// The request's host: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.host())
+}
+
+/// Origin-form (`/path?query`) or absolute-form (`http://host/path`): the targets a browser sends. Anything
+/// else would go upstream verbatim, past the credential stripping that works on the parsed URI.
+fn is_proxyable_target(raw: &[u8]) -> bool {
+    let absolute =
+        |scheme: &[u8]| raw.len() > scheme.len() && raw[..scheme.len()].eq_ignore_ascii_case(scheme);
+    raw.starts_with(b"/") || absolute(b"http://") || absolute(b"https://")
 }
 
 fn is_form_post(req: &RequestHeader) -> bool {
