@@ -59,6 +59,22 @@ impl Private {
         req.send().await.expect("edge answers")
     }
 
+    /// A share of a new preview, protected by `password`, in force at the edge.
+    async fn password_share(&self, password: &str) -> Value {
+        let preview = self.preview().await;
+        let share = self
+            .tenant
+            .ok(
+                "POST",
+                &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()),
+                Some(json!({"password": password})),
+                201,
+            )
+            .await;
+        self.stack.synced().await;
+        share
+    }
+
     /// A preview of the sandbox's port, in force at the edge.
     async fn preview(&self) -> Value {
         let p = self
@@ -322,17 +338,7 @@ async fn share_link_works_on_its_first_request_and_stops_within_1s_of_revocation
 #[tokio::test]
 async fn password_guesses_are_counted_at_control_before_any_hashing() {
     let p = Private::start().await;
-    let preview = p.preview().await;
-    let share = p
-        .tenant
-        .ok(
-            "POST",
-            &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()),
-            Some(json!({"password": "open sesame"})),
-            201,
-        )
-        .await;
-    let path = format!("/?token={}", share["token"].as_str().unwrap());
+    let path = format!("/?token={}", p.password_share("open sesame").await["token"].as_str().unwrap());
     let form = p.get(&path, &[("sec-fetch-mode", "navigate")]).await.text().await.unwrap();
     let csrf =
         form.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
@@ -379,18 +385,8 @@ async fn expired_share_is_token_expired() {
 #[tokio::test]
 async fn password_share_asks_for_its_password_then_sets_the_session() {
     let p = Private::start().await;
-    let preview = p.preview().await;
-    let share = p
-        .tenant
-        .ok(
-            "POST",
-            &format!("/v1/previews/{}/shares", preview["id"].as_str().unwrap()),
-            Some(json!({"password": "open sesame"})),
-            201,
-        )
-        .await;
+    let share = p.password_share("open sesame").await;
     let token = share["token"].as_str().unwrap();
-    p.stack.synced().await;
     let path = format!("/page?x=1&token={token}");
 
     let resp = p.get(&path, &[("accept", "application/json")]).await;
