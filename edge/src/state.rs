@@ -1,8 +1,9 @@
 //! The edge's routing state: one immutable [`Snapshot`] compiled from the wire form, behind one `ArcSwap`.
-//! The feed builds a whole new snapshot (sharing unchanged records through `Arc`s) and swaps it in one
-//! store; a request loads it once and sees one consistent version from start to end.
+//! The feed builds a whole new snapshot and swaps it in one store; a request loads it once and sees one
+//! consistent version from start to end. A new snapshot shares with the old one everything the changes
+//! did not touch: its maps are [`CowMap`]s, so applying a change costs in proportion to the change, not to
+//! the million sandboxes around it (see `state/cowmap.rs` for the design and why).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,7 +29,9 @@ pub enum StateError {
     Template(#[from] TemplateError),
 }
 
-type Map<V> = HashMap<Arc<str>, V>;
+pub use cowmap::CowMap;
+
+type Map<V> = CowMap<V>;
 
 /// Everything a request needs to be routed, compiled for lookups.
 #[derive(Clone, Debug)]
@@ -65,8 +68,9 @@ pub struct Snapshot {
     /// Custom domains not yet proven by their TXT record → deployment id: answered 404 `domain_unverified`.
     pub unverified_domains: Map<Arc<str>>,
     /// Certificates from control by hostname, behind an `Arc` so the TLS watcher sees whether they changed
-    /// by comparing pointers.
-    pub certificates: Arc<Map<Arc<wire::Certificate>>>,
+    /// by comparing pointers. A plain map: one per custom domain, changed rarely, and the TLS watcher
+    /// rebuilds its resolver from all of them whenever one changes anyway.
+    pub certificates: Arc<std::collections::HashMap<Arc<str>, Arc<wire::Certificate>>>,
     /// ACME HTTP-01 tokens → key authorizations.
     pub acme_challenges: Map<Arc<str>>,
 }
@@ -395,5 +399,6 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+mod cowmap;
 #[cfg(test)]
 mod tests;
