@@ -400,5 +400,6 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 mod cowmap;
+pub mod store;
 #[cfg(test)]
 mod tests;
