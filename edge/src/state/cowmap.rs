@@ -18,11 +18,16 @@
 //! - Memory: the entries of a flat table, plus 1024 small headers per map.
 //!   Small maps (tenants, keys) pay 1024 pointers to one shared empty table.
 //!
+//! Two forms over the same tables: [`CowMap`], `Arc<str>` keys to values, and [`CowIndex`], records
+//! (`Arc<T>`) found by one of their own fields. An index stores one pointer per entry and no key of its
+//! own: at a million sandboxes the keys' separate allocations were a third of the edge's memory.
+//!
 //! The hash is the standard library's SipHash with a random key per map, as `HashMap` had: keys come
 //! from tenants (slugs, hosts) and must not be able to degrade a table.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -30,30 +35,28 @@ use hashbrown::HashTable;
 /// How many tables a map is split into (a power of two).
 pub const SHARDS: usize = 1024;
 
-type Shard<V> = HashTable<(Arc<str>, V)>;
+/// What a table holds: something with a string key.
+pub trait Entry: Clone {
+    fn key(&self) -> &str;
+}
 
-pub struct CowMap<V> {
-    shards: Arc<[Arc<Shard<V>>]>,
+/// The copy-on-write table both forms are made of.
+struct Table<E> {
+    shards: Arc<[Arc<HashTable<E>>]>,
     hasher: RandomState,
     len: usize,
 }
 
-impl<V> Clone for CowMap<V> {
+impl<E> Clone for Table<E> {
     fn clone(&self) -> Self {
         Self { shards: self.shards.clone(), hasher: self.hasher.clone(), len: self.len }
     }
 }
 
-impl<V> Default for CowMap<V> {
+impl<E> Default for Table<E> {
     fn default() -> Self {
         let empty = Arc::new(HashTable::new());
         Self { shards: (0..SHARDS).map(|_| empty.clone()).collect(), hasher: RandomState::new(), len: 0 }
-    }
-}
-
-impl<V: std::fmt::Debug> std::fmt::Debug for CowMap<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -63,42 +66,19 @@ fn shard_of(hash: u64) -> usize {
     (hash >> 32) as usize & (SHARDS - 1)
 }
 
-impl<V> CowMap<V> {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
+impl<E: Entry> Table<E> {
     #[inline]
-    pub fn get(&self, key: &str) -> Option<&V> {
+    fn get(&self, key: &str) -> Option<&E> {
         let hash = self.hasher.hash_one(key);
-        self.shards[shard_of(hash)].find(hash, |(k, _)| **k == *key).map(|(_, v)| v)
+        self.shards[shard_of(hash)].find(hash, |e| e.key() == key)
     }
 
-    #[inline]
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
+    fn iter(&self) -> impl Iterator<Item = &E> + '_ {
+        self.shards.iter().flat_map(|s| s.iter())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> + '_ {
-        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
-        self.iter().map(|(k, _)| k)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
-        self.iter().map(|(_, v)| v)
-    }
-}
-
-impl<V: Clone> CowMap<V> {
     /// The table `hash` lives in, copied first if another snapshot shares it.
-    fn shard_mut(&mut self, hash: u64) -> &mut Shard<V> {
+    fn shard_mut(&mut self, hash: u64) -> &mut HashTable<E> {
         if Arc::get_mut(&mut self.shards).is_none() {
             self.shards = self.shards.iter().cloned().collect();
         }
@@ -107,29 +87,96 @@ impl<V: Clone> CowMap<V> {
         Arc::make_mut(&mut shards[shard_of(hash)])
     }
 
-    /// Inserts or replaces; returns the value it replaced.
-    pub fn insert(&mut self, key: Arc<str>, value: V) -> Option<V> {
+    /// Inserts or replaces the entry with the same key; returns the one it replaced.
+    fn insert(&mut self, entry: E) -> Option<E> {
         let hasher = self.hasher.clone();
-        let hash = hasher.hash_one(&*key);
+        let hash = hasher.hash_one(entry.key());
         let shard = self.shard_mut(hash);
-        match shard.find_mut(hash, |(k, _)| *k == key) {
-            Some(slot) => Some(std::mem::replace(&mut slot.1, value)),
+        match shard.find_mut(hash, |e| e.key() == entry.key()) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
-                shard.insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(&**k));
+                shard.insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
                 self.len += 1;
                 None
             }
         }
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<V> {
+    fn remove(&mut self, key: &str) -> Option<E> {
         let hash = self.hasher.hash_one(key);
         // Copy nothing for a key that is not there.
-        self.shards[shard_of(hash)].find(hash, |(k, _)| **k == *key)?;
-        let entry = self.shard_mut(hash).find_entry(hash, |(k, _)| **k == *key).ok()?;
-        let ((_, value), _) = entry.remove();
+        self.shards[shard_of(hash)].find(hash, |e| e.key() == key)?;
+        let (entry, _) = self.shard_mut(hash).find_entry(hash, |e| e.key() == key).ok()?.remove();
         self.len -= 1;
-        Some(value)
+        Some(entry)
+    }
+}
+
+/// `Arc<str>` keys to values.
+pub struct CowMap<V>(Table<(Arc<str>, V)>);
+
+impl<V: Clone> Entry for (Arc<str>, V) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<V> Clone for CowMap<V> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<V> Default for CowMap<V> {
+    fn default() -> Self {
+        Self(Table::default())
+    }
+}
+
+impl<V: Clone + std::fmt::Debug> std::fmt::Debug for CowMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<V: Clone> CowMap<V> {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.0.get(key).map(|(_, v)| v)
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> + '_ {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Inserts or replaces; returns the value it replaced.
+    pub fn insert(&mut self, key: Arc<str>, value: V) -> Option<V> {
+        self.0.insert((key, value)).map(|(_, v)| v)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        self.0.remove(key).map(|(_, v)| v)
     }
 }
 
@@ -143,11 +190,97 @@ impl<V: Clone> FromIterator<(Arc<str>, V)> for CowMap<V> {
     }
 }
 
-impl<V> std::ops::Index<&str> for CowMap<V> {
+impl<V: Clone> std::ops::Index<&str> for CowMap<V> {
     type Output = V;
 
     /// Panics when the key is absent, like `HashMap`'s: for tests.
     fn index(&self, key: &str) -> &V {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no entry for key {key:?}"),
+        }
+    }
+}
+
+/// Which field of a `T` a [`CowIndex`] finds it by.
+pub trait KeyOf<T> {
+    fn key(record: &T) -> &str;
+}
+
+/// An entry of a [`CowIndex`]: the record, its key read from it.
+pub struct Keyed<T, K>(Arc<T>, PhantomData<fn() -> K>);
+
+impl<T, K> Clone for Keyed<T, K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), PhantomData)
+    }
+}
+
+impl<T, K: KeyOf<T>> Entry for Keyed<T, K> {
+    fn key(&self) -> &str {
+        K::key(&self.0)
+    }
+}
+
+/// Records found by one of their own fields (`K`).
+pub struct CowIndex<T, K>(Table<Keyed<T, K>>);
+
+impl<T, K> Clone for CowIndex<T, K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T, K> Default for CowIndex<T, K> {
+    fn default() -> Self {
+        Self(Table::default())
+    }
+}
+
+impl<T: std::fmt::Debug, K: KeyOf<T>> std::fmt::Debug for CowIndex<T, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values()).finish()
+    }
+}
+
+impl<T, K: KeyOf<T>> CowIndex<T, K> {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&Arc<T>> {
+        self.0.get(key).map(|e| &e.0)
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.get(key).is_some()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<T>> + '_ {
+        self.0.iter().map(|e| &e.0)
+    }
+
+    /// Inserts or replaces the record with the same key; returns the one it replaced.
+    pub fn insert(&mut self, record: Arc<T>) -> Option<Arc<T>> {
+        self.0.insert(Keyed(record, PhantomData)).map(|e| e.0)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Arc<T>> {
+        self.0.remove(key).map(|e| e.0)
+    }
+}
+
+impl<T, K: KeyOf<T>> std::ops::Index<&str> for CowIndex<T, K> {
+    type Output = Arc<T>;
+
+    /// Panics when the key is absent, like `HashMap`'s: for tests.
+    fn index(&self, key: &str) -> &Arc<T> {
         match self.get(key) {
             Some(v) => v,
             None => panic!("no entry for key {key:?}"),
@@ -179,7 +312,29 @@ mod tests {
         let mut a: CowMap<u32> = (0..5000u32).map(|i| (Arc::from(i.to_string()), i)).collect();
         let b = a.clone();
         a.insert("1".into(), 10);
-        let shared = a.shards.iter().zip(b.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
+        let shared = a.0.shards.iter().zip(b.0.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
         assert_eq!(shared, SHARDS - 1);
+    }
+
+    struct Name;
+    impl KeyOf<(String, u32)> for Name {
+        fn key(record: &(String, u32)) -> &str {
+            &record.0
+        }
+    }
+
+    #[test]
+    fn an_index_finds_records_by_their_own_field() {
+        let mut a: CowIndex<(String, u32), Name> = CowIndex::default();
+        for i in 0..3000 {
+            a.insert(Arc::new((format!("n{i}"), i)));
+        }
+        let b = a.clone();
+        assert_eq!(a.insert(Arc::new(("n5".into(), 50))).map(|r| r.1), Some(5));
+        assert_eq!(a.remove("n6").map(|r| r.1), Some(6));
+        assert_eq!((a.len(), b.len()), (2999, 3000));
+        assert_eq!((a["n5"].1, b["n5"].1), (50, 5));
+        assert!(!a.contains_key("n6") && b.contains_key("n6"));
+        assert_eq!(a.values().count(), 2999);
     }
 }
