@@ -332,16 +332,84 @@ impl Store {
     /// Writes `snapshot` as the new base and starts a new log after it.
     pub fn write_base(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let wire = snapshot.to_wire();
-        let base_len = write_atomically(&self.dir, BASE_FILE, |w| Ok(serde_json::to_writer(w, &wire)?))?;
-        drop(wire);
+        self.log = None;
+        self.disk = Disk::default();
+        let (base_len, _) =
+            write_atomically(&self.dir, BASE_FILE, |w| Ok(serde_json::to_writer(w, &BaseView(snapshot))?))?;
         let marker = Record { since: snapshot.version, version: snapshot.version, changes: Vec::new() };
         let mut line = Vec::new();
         encode(&marker, &mut line)?;
-        let log_len = write_atomically(&self.dir, LOG_FILE, |w| w.write_all(&line).map_err(|e| self.io(e)))?;
-        self.log = None;
-        self.disk = Disk { version: Some(snapshot.version), base_len, log_len, log_clean: true };
+        let (log_len, written) =
+            write_atomically(&self.dir, LOG_FILE, |w| w.write_all(&line).map_err(|e| self.io(e)))?;
+        // Append to the log just put in place, unless another edge has replaced it already.
+        let path = self.dir.join(LOG_FILE);
+        let file = OpenOptions::new().append(true).open(&path).map_err(|e| self.io(e))?;
+        if file.metadata().map(|m| (m.dev(), m.ino())).ok() == Some(written) {
+            self.log = Some((file, written));
+            self.disk = Disk { version: Some(snapshot.version), base_len, log_len, log_clean: true };
+        }
         Ok(())
+    }
+}
+
+/// The base in the form of a [`wire::Snapshot`], written straight from the compiled snapshot: copying a
+/// million records into the wire form first would take as much memory again as the state itself.
+struct BaseView<'a>(&'a Snapshot);
+
+/// A sequence serialized from an iterator, without collecting it.
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
+impl Serialize for BaseView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let snap = self.0;
+        let mut m = s.serialize_struct("Snapshot", 11)?;
+        m.serialize_field("version", &snap.version)?;
+        m.serialize_field("settings", &snap.settings)?;
+        m.serialize_field("tenants", &Seq(|| snap.tenants.values().map(|t| &t.tenant)))?;
+        m.serialize_field("sandboxes", &Seq(|| snap.sandboxes.values().map(|r| &**r)))?;
+        m.serialize_field("previews", &Seq(|| snap.previews.values().map(|r| &**r)))?;
+        m.serialize_field(
+            "verify_keys",
+            &Seq(|| {
+                snap.verify_keys.iter().map(|(kid, key)| wire::VerifyKey {
+                    kid: kid.to_string(),
+                    public_key: wire::tokens::b64(key),
+                })
+            }),
+        )?;
+        m.serialize_field(
+            "revocations",
+            &Seq(|| {
+                snap.revocations
+                    .iter()
+                    .map(|(jti, exp)| wire::Revocation { jti: jti.to_string(), expires_at: *exp })
+            }),
+        )?;
+        m.serialize_field("shares", &Seq(|| snap.shares.values().map(|r| &**r)))?;
+        m.serialize_field("deployments", &Seq(|| snap.deployments.values().map(|r| &**r)))?;
+        m.serialize_field("certificates", &Seq(|| snap.certificates.values().map(|r| &**r)))?;
+        m.serialize_field(
+            "acme_challenges",
+            &Seq(|| {
+                snap.acme_challenges.iter().map(|(t, k)| wire::AcmeChallenge {
+                    token: t.to_string(),
+                    key_authorization: k.to_string(),
+                })
+            }),
+        )?;
+        m.end()
     }
 }
 
@@ -357,12 +425,12 @@ pub fn temp_name(name: &str) -> String {
 }
 
 /// Writes `dir/name` atomically: a new file under a unique temporary name (mode 0600), synced, renamed
-/// into place, the directory synced. Returns the bytes written.
+/// into place, the directory synced. Returns the bytes written and the file's identity (device, inode).
 pub fn write_atomically(
     dir: &Path,
     name: &str,
     write: impl FnOnce(&mut BufWriter<&File>) -> Result<(), StoreError>,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, (u64, u64)), StoreError> {
     let io = |source| StoreError::Io { dir: dir.to_path_buf(), source };
     let tmp = dir.join(temp_name(name));
     let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
@@ -374,10 +442,10 @@ pub fn write_atomically(
         w.flush().map_err(io)?;
         drop(w);
         file.sync_all().map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
         std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(len)
+        Ok((meta.len(), (meta.dev(), meta.ino())))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
