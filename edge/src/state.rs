@@ -198,6 +198,15 @@ impl Snapshot {
     /// A new snapshot: this one with `changes` applied, at `version`.
     pub fn apply(&self, version: u64, changes: Vec<wire::Change>) -> Result<Self, StateError> {
         let mut s = self.clone();
+        s.apply_in_place(version, changes)?;
+        Ok(s)
+    }
+
+    /// `changes` applied to this snapshot itself, at `version`: for one nobody else holds yet (replaying
+    /// the state dir), where nothing needs copying. On an error, the changes before it stay applied and
+    /// the version stays the old one (control sends them again: every change carries a whole value).
+    pub fn apply_in_place(&mut self, version: u64, changes: Vec<wire::Change>) -> Result<(), StateError> {
+        let s = self;
         for change in changes {
             match change {
                 wire::Change::Settings { settings } => s.set_settings(settings)?,
@@ -244,7 +253,7 @@ impl Snapshot {
             }
         }
         s.version = version;
-        Ok(s)
+        Ok(())
     }
 
     /// The wire form, for the state dir.

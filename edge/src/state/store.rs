@@ -165,8 +165,8 @@ fn replay(log: &[u8], mut snapshot: Option<&mut Snapshot>, mut version: u64) -> 
                 return Scan { valid_len, version, problem: Some(problem) };
             }
             if let Some(snap) = snapshot.as_deref_mut() {
-                match snap.apply(record.version, record.changes) {
-                    Ok(next) => *snap = next,
+                match snap.apply_in_place(record.version, record.changes) {
+                    Ok(()) => {}
                     Err(e) => {
                         let problem = format!("a record the edge cannot apply: {e}");
                         return Scan { valid_len, version, problem: Some(problem) };
