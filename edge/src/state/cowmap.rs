@@ -8,15 +8,15 @@
 //! memory per entry than a flat table; both matter here, the hot path does two to three gets per request
 //! and an edge holds millions of entries.
 //!
-//! This is a two-level copy-on-write table instead: [`SHARDS`] `hashbrown` tables, each behind its own
-//! `Arc`, in one `Arc`'d array. The top bits of the key's hash pick the table.
-//! - Lookup: one hash, one extra pointer hop, then a flat SwissTable probe: as fast as a plain `HashMap`.
+//! This is a shallow copy-on-write tree instead: [`SHARDS`] (4096) `hashbrown` tables, each behind its
+//! own `Arc`, in 64 `Arc`'d groups of 64, in one `Arc`'d array. Bits of the key's hash pick the table.
+//! - Lookup: one hash, two extra pointer hops, then a flat SwissTable probe: as fast as a plain `HashMap`.
 //! - Clone (a new snapshot): two reference counts.
-//! - Change: copies the array of table pointers (1024 reference counts) once per snapshot and map, and
-//!   the one table the key lives in (n/1024 entries: ~1,000 at 1M) once per snapshot. Applying a change
-//!   is O(√n)-ish work at the sizes an edge holds, independent of how many other tables there are.
-//! - Memory: the entries of a flat table, plus 1024 small headers per map.
-//!   Small maps (tenants, keys) pay 1024 pointers to one shared empty table.
+//! - Change: copies, once per snapshot and map, the top array and one group (64 + 64 reference counts),
+//!   and the one table the key lives in (n/4096 entries: ~250 at 1M). Applying a change is a few hundred
+//!   reference counts at the sizes an edge holds.
+//! - Memory: the entries of a flat table, plus 4096 small headers per map.
+//!   Small maps (tenants, keys) share one empty table and one group of pointers to it.
 //!
 //! Two forms over the same tables: [`CowMap`], `Arc<str>` keys to values, and [`CowIndex`], records
 //! (`Arc<T>`) found by one of their own fields. An index stores one pointer per entry and no key of its
@@ -32,17 +32,23 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-/// How many tables a map is split into (a power of two).
-pub const SHARDS: usize = 1024;
+/// How many tables a map is split into (a power of two): `GROUPS` groups of `PER_GROUP`, so that a change
+/// copies one group's pointers (64), not all of them.
+pub const SHARDS: usize = GROUPS * PER_GROUP;
+const GROUPS: usize = 64;
+const PER_GROUP: usize = 64;
 
 /// What a table holds: something with a string key.
 pub trait Entry: Clone {
     fn key(&self) -> &str;
 }
 
+/// One group of tables.
+type Group<E> = Arc<[Arc<HashTable<E>>]>;
+
 /// The copy-on-write table both forms are made of.
 struct Table<E> {
-    shards: Arc<[Arc<HashTable<E>>]>,
+    shards: Arc<[Group<E>]>,
     hasher: RandomState,
     len: usize,
 }
@@ -56,35 +62,45 @@ impl<E> Clone for Table<E> {
 impl<E> Default for Table<E> {
     fn default() -> Self {
         let empty = Arc::new(HashTable::new());
-        Self { shards: (0..SHARDS).map(|_| empty.clone()).collect(), hasher: RandomState::new(), len: 0 }
+        let group: Arc<[_]> = (0..PER_GROUP).map(|_| empty.clone()).collect();
+        Self { shards: (0..GROUPS).map(|_| group.clone()).collect(), hasher: RandomState::new(), len: 0 }
     }
 }
 
+/// The group and the table in it.
 #[inline]
-fn shard_of(hash: u64) -> usize {
+fn shard_of(hash: u64) -> (usize, usize) {
     // hashbrown uses the top 7 bits (control bytes) and the low bits (bucket): take the middle ones.
-    (hash >> 32) as usize & (SHARDS - 1)
+    let i = (hash >> 32) as usize & (SHARDS - 1);
+    (i / PER_GROUP, i % PER_GROUP)
 }
 
 impl<E: Entry> Table<E> {
     #[inline]
     fn get(&self, key: &str) -> Option<&E> {
         let hash = self.hasher.hash_one(key);
-        self.shards[shard_of(hash)].find(hash, |e| e.key() == key)
+        let (g, t) = shard_of(hash);
+        self.shards[g][t].find(hash, |e| e.key() == key)
     }
 
     fn iter(&self) -> impl Iterator<Item = &E> + '_ {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards.iter().flat_map(|g| g.iter()).flat_map(|s| s.iter())
     }
 
     /// The table `hash` lives in, copied first if another snapshot shares it.
     fn shard_mut(&mut self, hash: u64) -> &mut HashTable<E> {
+        let (g, t) = shard_of(hash);
         if Arc::get_mut(&mut self.shards).is_none() {
             self.shards = self.shards.iter().cloned().collect();
         }
         // Just made if it was shared: this map holds the only reference.
-        let shards = Arc::get_mut(&mut self.shards).unwrap_or_else(|| unreachable!());
-        Arc::make_mut(&mut shards[shard_of(hash)])
+        let groups = Arc::get_mut(&mut self.shards).unwrap_or_else(|| unreachable!());
+        let group = &mut groups[g];
+        if Arc::get_mut(group).is_none() {
+            *group = group.iter().cloned().collect();
+        }
+        let group = Arc::get_mut(group).unwrap_or_else(|| unreachable!());
+        Arc::make_mut(&mut group[t])
     }
 
     /// Inserts or replaces the entry with the same key; returns the one it replaced.
@@ -105,7 +121,8 @@ impl<E: Entry> Table<E> {
     fn remove(&mut self, key: &str) -> Option<E> {
         let hash = self.hasher.hash_one(key);
         // Copy nothing for a key that is not there.
-        self.shards[shard_of(hash)].find(hash, |e| e.key() == key)?;
+        let (g, t) = shard_of(hash);
+        self.shards[g][t].find(hash, |e| e.key() == key)?;
         let (entry, _) = self.shard_mut(hash).find_entry(hash, |e| e.key() == key).ok()?.remove();
         self.len -= 1;
         Some(entry)
@@ -312,8 +329,11 @@ mod tests {
         let mut a: CowMap<u32> = (0..5000u32).map(|i| (Arc::from(i.to_string()), i)).collect();
         let b = a.clone();
         a.insert("1".into(), 10);
-        let shared = a.0.shards.iter().zip(b.0.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
+        let tables = |m: &CowMap<u32>| m.0.shards.iter().flat_map(|g| g.iter().cloned()).collect::<Vec<_>>();
+        let shared = tables(&a).iter().zip(tables(&b).iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
         assert_eq!(shared, SHARDS - 1);
+        let groups = a.0.shards.iter().zip(b.0.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
+        assert_eq!(groups, GROUPS - 1);
     }
 
     struct Name;
