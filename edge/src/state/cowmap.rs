@@ -1,4 +1,4 @@
-//! A hash map whose clone costs a few allocations and whose change copies ~1/1024th of it.
+//! A hash map whose clone costs two reference counts and whose change copies ~1/4096th of it.
 //!
 //! Why not one `HashMap` (before issue 17): every batch of changes cloned every map, 1M sandboxes' worth
 //! of entries and reference counts for one changed sandbox.
