@@ -65,6 +65,46 @@ async fn edge_keeps_serving_when_control_dies_and_after_its_own_restart() {
 }
 
 #[tokio::test]
+async fn a_restart_replays_the_change_log_and_a_damaged_state_dir_never_stops_the_edge() {
+    let mut stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let public = json!({"address": fake.addr.ip().to_string(), "default_visibility": "public"});
+    let a = tenant.sandbox(public.clone()).await;
+    let host =
+        |sb: &serde_json::Value| format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().unwrap());
+    until_status(&stack.edge.client(), &stack.edge.url(&host(&a), "/"), 200, Duration::from_secs(1)).await;
+    // The first snapshot from control is saved as the base; what follows is appended to the log.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let b = tenant.sandbox(public).await;
+    until_status(&stack.edge.client(), &stack.edge.url(&host(&b), "/"), 200, Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let dir = stack.edge.state_dir.clone();
+    let log = std::fs::read(dir.join("changes.log")).expect("a change log");
+    assert!(log.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() >= 2, "a marker and a record");
+
+    // Control down: the restarted edge has both sandboxes, the second one from the log.
+    stack.control.proc.kill();
+    stack.edge.proc.kill();
+    let mut edge = Edge::start(&stack.control.url, &dir).await;
+    for sb in [&a, &b] {
+        assert_eq!(edge.client().get(edge.url(&host(sb), "/")).send().await.expect("edge up").status(), 200);
+    }
+
+    // A torn log tail: the edge starts, with the base and the valid prefix.
+    edge.proc.kill();
+    std::fs::write(dir.join("changes.log"), &log[..log.len() - 5]).expect("truncate");
+    let mut edge = Edge::start(&stack.control.url, &dir).await;
+    assert_eq!(edge.client().get(edge.url(&host(&a), "/")).send().await.expect("edge up").status(), 200);
+
+    // A garbage base: the edge still starts (and waits for control, routing nothing meanwhile).
+    edge.proc.kill();
+    std::fs::write(dir.join("snapshot.json"), b"\x00garbage{").expect("garbage");
+    let edge = Edge::start(&stack.control.url, &dir).await;
+    assert_eq!(edge.client().get(edge.url(&host(&a), "/")).send().await.expect("edge up").status(), 404);
+}
+
+#[tokio::test]
 async fn edge_catches_up_with_changes_made_while_it_was_away() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut control = Control::start(&dir.path().join("control")).await;

@@ -1,20 +1,21 @@
 //! Following control: a long-polling client of `GET /v1/edge/feed` that applies each answer to the
 //! snapshot and swaps it in, fails over between control URLs, and keeps the last state on disk so the edge
-//! serves through a control outage and across its own restarts.
+//! serves through a control outage and across its own restarts. What reaches the disk is what changed: an
+//! append to the state dir's change log, with a new base now and then (see `state/store.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use portico_wire::{self as wire, FeedMessage};
-use tokio::sync::watch;
+use portico_wire::FeedMessage;
+use tokio::sync::mpsc;
 
-use crate::state::{unix_ms, EdgeState, Snapshot, StateError};
+use crate::state::store::{self, Record, Store, StoreError};
+use crate::state::{EdgeState, Snapshot, StateError};
 
-const STATE_FILE: &str = "snapshot.json";
 /// How long control may hold a long-poll open before answering "no change".
 const WAIT_SECS: u64 = 25;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -27,17 +28,28 @@ pub enum FeedError {
     Status { url: String, status: u16 },
     #[error("control sent a state the edge cannot use: {0}")]
     State(#[from] StateError),
-    #[error("state dir: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("state file is not a snapshot: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
+
+/// What the feed hands the writer of the state dir after each swap.
+enum Saved {
+    /// Control sent a whole snapshot: the dir gets a new base.
+    Full,
+    /// A batch of changes, as applied.
+    Changes(Record),
+}
+
+type Writer = (mpsc::UnboundedReceiver<Saved>, Store);
 
 pub struct FeedClient {
     control_urls: Vec<String>,
     edge_token: String,
     state: Arc<EdgeState>,
-    state_dir: Option<PathBuf>,
+    /// To the state dir's writer, when there is a state dir.
+    saved: Option<mpsc::UnboundedSender<Saved>>,
+    /// The writer, until the background service starts it (the catch-up before it already sends).
+    writer: Mutex<Option<Writer>>,
     http: reqwest::Client,
 }
 
@@ -54,7 +66,16 @@ impl FeedClient {
             .build()
             .map_err(|source| FeedError::Http { url: String::new(), source })?;
         let control_urls = control_urls.into_iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-        Ok(Self { control_urls, edge_token, state, state_dir, http })
+        let (saved, writer) = match state_dir {
+            Some(dir) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                // Appends continue the log only if it ends exactly where the state loaded from it does.
+                let store = Store::resume(dir, state.load().version);
+                (Some(tx), Some((rx, store)))
+            }
+            None => (None, None),
+        };
+        Ok(Self { control_urls, edge_token, state, saved, writer: Mutex::new(writer), http })
     }
 
     /// Before the edge starts accepting (a restart, or an upgrade taking over the sockets), brings the
@@ -93,15 +114,21 @@ impl FeedClient {
         }
         let msg: FeedMessage = resp.json().await.map_err(err)?;
         let next = match msg {
-            FeedMessage::Snapshot { snapshot } => Some(Snapshot::from_wire(snapshot)?),
+            FeedMessage::Snapshot { snapshot } => Some((Snapshot::from_wire(snapshot)?, Saved::Full)),
             FeedMessage::Changes { version, changes } if version != since || !changes.is_empty() => {
-                Some(self.state.load().apply(version, changes)?)
+                let current = self.state.load();
+                let record = Record { since: current.version, version, changes: changes.clone() };
+                Some((current.apply(version, changes)?, Saved::Changes(record)))
             }
             FeedMessage::Changes { .. } => None,
         };
-        if let Some(next) = next {
+        if let Some((next, saved)) = next {
             tracing::debug!(version = next.version, "routing state updated");
             self.state.store(next);
+            if let Some(tx) = &self.saved {
+                // The writer stops only with the process.
+                let _ = tx.send(saved);
+            }
         }
         self.state.mark_synced();
         Ok(())
@@ -111,9 +138,9 @@ impl FeedClient {
 #[async_trait]
 impl BackgroundService for FeedClient {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (saved_tx, saved_rx) = watch::channel(self.state.load().version);
-        if let Some(dir) = self.state_dir.clone() {
-            tokio::spawn(persist_loop(dir, self.state.clone(), saved_rx));
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some((rx, store)) = writer {
+            tokio::spawn(persist_loop(store, self.state.clone(), rx));
         }
         let mut which = 0usize;
         let mut backoff = Duration::from_millis(100);
@@ -133,7 +160,6 @@ impl BackgroundService for FeedClient {
                     failing = false;
                     failed_in_row = 0;
                     backoff = Duration::from_millis(100);
-                    saved_tx.send_replace(self.state.load().version);
                 }
                 Err(e) => {
                     if !failing {
@@ -159,50 +185,68 @@ impl BackgroundService for FeedClient {
     }
 }
 
-/// Writes the snapshot to the state dir after changes, at most about once a second: a burst of changes
-/// costs one write.
-async fn persist_loop(dir: PathBuf, state: Arc<EdgeState>, mut versions: watch::Receiver<u64>) {
-    let mut saved = *versions.borrow();
-    while versions.changed().await.is_ok() {
-        let snap = state.load();
-        if snap.version == saved {
-            continue;
+/// Writes what the feed applied to the state dir, a batch at a time: whatever arrived while the previous
+/// write ran costs one append (and one fsync). The files are written in a blocking thread.
+async fn persist_loop(mut store: Store, state: Arc<EdgeState>, mut saved: mpsc::UnboundedReceiver<Saved>) {
+    while let Some(first) = saved.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = saved.try_recv() {
+            batch.push(more);
         }
-        let wire = snap.to_wire();
-        let dir2 = dir.clone();
-        match tokio::task::spawn_blocking(move || save(&dir2, &wire)).await {
-            Ok(Ok(())) => saved = snap.version,
-            Ok(Err(e)) => tracing::error!(error = %e, dir = %dir.display(), "saving routing state"),
-            Err(e) => tracing::error!(error = %e, "saving routing state"),
+        // At least as new as every record in the batch: they were sent after it was stored.
+        let current = state.load();
+        let done = tokio::task::spawn_blocking(move || {
+            let result = persist(&mut store, batch, &current);
+            (store, result)
+        })
+        .await;
+        match done {
+            Ok((s, result)) => {
+                store = s;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "saving routing state");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "saving routing state: the writer stopped");
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Atomically replaces the state file (write, fsync, rename), readable by the owner only.
-pub fn save(dir: &Path, snapshot: &wire::Snapshot) -> Result<(), FeedError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    serde_json::to_writer(&mut f, snapshot)?;
-    f.flush()?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-    Ok(())
+/// Appends the batch when it continues what the dir holds; otherwise, or when the log has grown past
+/// its share of the base, writes `current` as a new base.
+fn persist(store: &mut Store, batch: Vec<Saved>, current: &Snapshot) -> Result<(), StoreError> {
+    let mut full = false;
+    let mut records = Vec::new();
+    for saved in batch {
+        match saved {
+            Saved::Full => full = true,
+            Saved::Changes(r) => records.push(r),
+        }
+    }
+    if !full {
+        let on_disk = store.disk_version();
+        // What the dir already holds (written by another edge sharing it, or in a base).
+        records.retain(|r| on_disk.is_none_or(|v| r.version > v));
+        let Some(first) = records.first() else {
+            return if store.wants_compaction() { store.write_base(current) } else { Ok(()) };
+        };
+        let chained = records.windows(2).all(|w| w[1].since == w[0].version);
+        if chained && store.continues(first.since) {
+            store.append(&records)?;
+            if !store.wants_compaction() {
+                return Ok(());
+            }
+        }
+    }
+    store.write_base(current)
 }
 
-/// The last saved state, if any, and when it was saved (for `portico_config_age_seconds`).
+/// The last saved state, if the state dir holds a usable one, and when it was saved (for
+/// `portico_config_age_seconds`). A damaged state dir is logged and ignored (the edge starts from control,
+/// or from the valid prefix of the change log); it never stops the edge from starting.
 pub fn load(dir: &Path) -> Result<Option<(Snapshot, u64)>, FeedError> {
-    let path = dir.join(STATE_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let saved_at =
-        std::fs::metadata(&path)?.modified().map(unix_ms).unwrap_or_else(|_| unix_ms(SystemTime::now()));
-    let snapshot = Snapshot::from_wire(serde_json::from_slice(&bytes)?)?;
-    Ok(Some((snapshot, saved_at)))
+    Ok(store::load(dir).map(|l| (l.snapshot, l.saved_at)))
 }

@@ -1,8 +1,9 @@
 //! The edge's routing state: one immutable [`Snapshot`] compiled from the wire form, behind one `ArcSwap`.
-//! The feed builds a whole new snapshot (sharing unchanged records through `Arc`s) and swaps it in one
-//! store; a request loads it once and sees one consistent version from start to end.
+//! The feed builds a whole new snapshot and swaps it in one store; a request loads it once and sees one
+//! consistent version from start to end. A new snapshot shares with the old one everything the changes
+//! did not touch: its maps are [`CowMap`]s, so applying a change costs in proportion to the change, not to
+//! the million sandboxes around it (see `state/cowmap.rs` for the design and why).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,7 +29,57 @@ pub enum StateError {
     Template(#[from] TemplateError),
 }
 
-type Map<V> = HashMap<Arc<str>, V>;
+pub use cowmap::{CowIndex, CowMap, KeyOf};
+
+type Map<V> = CowMap<V>;
+
+/// The fields the snapshot's indexes find records by.
+pub mod by {
+    use portico_wire as wire;
+
+    use super::KeyOf;
+
+    pub struct Id;
+    pub struct Slug;
+    pub struct Sha256;
+
+    impl KeyOf<wire::Sandbox> for Id {
+        fn key(r: &wire::Sandbox) -> &str {
+            &r.id
+        }
+    }
+
+    /// Only sandboxes that have a preview-auth token are in an index by it.
+    impl KeyOf<wire::Sandbox> for Sha256 {
+        fn key(r: &wire::Sandbox) -> &str {
+            r.preview_auth_sha256.as_deref().unwrap_or_default()
+        }
+    }
+
+    impl KeyOf<wire::Preview> for Id {
+        fn key(r: &wire::Preview) -> &str {
+            &r.id
+        }
+    }
+
+    impl KeyOf<wire::Preview> for Slug {
+        fn key(r: &wire::Preview) -> &str {
+            &r.slug
+        }
+    }
+
+    impl KeyOf<wire::Share> for Id {
+        fn key(r: &wire::Share) -> &str {
+            &r.id
+        }
+    }
+
+    impl KeyOf<wire::Share> for Sha256 {
+        fn key(r: &wire::Share) -> &str {
+            &r.sha256
+        }
+    }
+}
 
 /// Everything a request needs to be routed, compiled for lookups.
 #[derive(Clone, Debug)]
@@ -39,11 +90,11 @@ pub struct Snapshot {
     /// `frame-ancestors …` for requests with no tenant (unknown hosts).
     pub default_frame_ancestors: String,
     pub tenants: Map<Arc<TenantEntry>>,
-    pub sandboxes: Map<Arc<wire::Sandbox>>,
+    pub sandboxes: CowIndex<wire::Sandbox, by::Id>,
     /// Previews by slug: the key the hot path has.
-    pub previews: Map<Arc<wire::Preview>>,
-    /// Preview id → slug, to apply deletions, which name ids.
-    preview_slugs: Map<Arc<str>>,
+    pub previews: CowIndex<wire::Preview, by::Slug>,
+    /// Previews by id, to apply deletions, which name ids.
+    previews_by_id: CowIndex<wire::Preview, by::Id>,
     /// Verified tenant preview domains → tenant id.
     pub preview_domains: Map<Arc<str>>,
     /// Key id → raw Ed25519 public key, for `mp_` tokens.
@@ -51,11 +102,11 @@ pub struct Snapshot {
     /// Revoked `mp_` token ids → when they would have expired (unix seconds).
     pub revocations: Map<u64>,
     /// Shares by their token's SHA-256: the key the hot path has.
-    pub shares: Map<Arc<wire::Share>>,
-    /// Share id → token SHA-256, to apply deletions.
-    share_hashes: Map<Arc<str>>,
-    /// Preview-auth token SHA-256 → sandbox id: a known token of another sandbox needs no look-up.
-    pub preview_auth: Map<Arc<str>>,
+    pub shares: CowIndex<wire::Share, by::Sha256>,
+    /// Shares by id, to apply deletions.
+    shares_by_id: CowIndex<wire::Share, by::Id>,
+    /// Sandboxes by their preview-auth token's SHA-256: a known token of another sandbox needs no look-up.
+    pub preview_auth: CowIndex<wire::Sandbox, by::Sha256>,
     /// Deployments by id.
     pub deployments: Map<Arc<wire::Deployment>>,
     /// `{app}.{workspace}` → deployment id.
@@ -65,8 +116,9 @@ pub struct Snapshot {
     /// Custom domains not yet proven by their TXT record → deployment id: answered 404 `domain_unverified`.
     pub unverified_domains: Map<Arc<str>>,
     /// Certificates from control by hostname, behind an `Arc` so the TLS watcher sees whether they changed
-    /// by comparing pointers.
-    pub certificates: Arc<Map<Arc<wire::Certificate>>>,
+    /// by comparing pointers. A plain map: one per custom domain, changed rarely, and the TLS watcher
+    /// rebuilds its resolver from all of them whenever one changes anyway.
+    pub certificates: Arc<std::collections::HashMap<Arc<str>, Arc<wire::Certificate>>>,
     /// ACME HTTP-01 tokens → key authorizations.
     pub acme_challenges: Map<Arc<str>>,
 }
@@ -91,15 +143,15 @@ impl Snapshot {
             settings,
             templates: Vec::new(),
             tenants: Map::default(),
-            sandboxes: Map::default(),
-            previews: Map::default(),
-            preview_slugs: Map::default(),
+            sandboxes: CowIndex::default(),
+            previews: CowIndex::default(),
+            previews_by_id: CowIndex::default(),
             preview_domains: Map::default(),
             verify_keys: Map::default(),
             revocations: Map::default(),
-            shares: Map::default(),
-            share_hashes: Map::default(),
-            preview_auth: Map::default(),
+            shares: CowIndex::default(),
+            shares_by_id: CowIndex::default(),
+            preview_auth: CowIndex::default(),
             deployments: Map::default(),
             deployment_apps: Map::default(),
             deployment_domains: Map::default(),
@@ -146,6 +198,15 @@ impl Snapshot {
     /// A new snapshot: this one with `changes` applied, at `version`.
     pub fn apply(&self, version: u64, changes: Vec<wire::Change>) -> Result<Self, StateError> {
         let mut s = self.clone();
+        s.apply_in_place(version, changes)?;
+        Ok(s)
+    }
+
+    /// `changes` applied to this snapshot itself, at `version`: for one nobody else holds yet (replaying
+    /// the state dir), where nothing needs copying. On an error, the changes before it stay applied and
+    /// the version stays the old one (control sends them again: every change carries a whole value).
+    pub fn apply_in_place(&mut self, version: u64, changes: Vec<wire::Change>) -> Result<(), StateError> {
+        let s = self;
         for change in changes {
             match change {
                 wire::Change::Settings { settings } => s.set_settings(settings)?,
@@ -160,11 +221,7 @@ impl Snapshot {
                 wire::Change::UpsertSandbox { sandbox } => s.upsert_sandbox(sandbox),
                 wire::Change::DeleteSandbox { id } => s.remove_sandbox(&id),
                 wire::Change::UpsertPreview { preview } => s.upsert_preview(preview),
-                wire::Change::DeletePreview { id } => {
-                    if let Some(slug) = s.preview_slugs.remove(id.as_str()) {
-                        s.previews.remove(&slug);
-                    }
-                }
+                wire::Change::DeletePreview { id } => s.remove_preview(&id),
                 wire::Change::UpsertCertificate { certificate } => {
                     Arc::make_mut(&mut s.certificates)
                         .insert(certificate.hostname.as_str().into(), Arc::new(certificate));
@@ -192,15 +249,11 @@ impl Snapshot {
                 wire::Change::UpsertShare { share } => s.upsert_share(share),
                 wire::Change::UpsertDeployment { deployment } => s.upsert_deployment(deployment),
                 wire::Change::DeleteDeployment { id } => s.remove_deployment(&id),
-                wire::Change::DeleteShare { id } => {
-                    if let Some(hash) = s.share_hashes.remove(id.as_str()) {
-                        s.shares.remove(&hash);
-                    }
-                }
+                wire::Change::DeleteShare { id } => s.remove_share(&id),
             }
         }
         s.version = version;
-        Ok(s)
+        Ok(())
     }
 
     /// The wire form, for the state dir.
@@ -233,12 +286,12 @@ impl Snapshot {
     }
 
     pub fn share_by_id(&self, id: &str) -> Option<&Arc<wire::Share>> {
-        self.shares.get(self.share_hashes.get(id)?)
+        self.shares_by_id.get(id)
     }
 
     /// The preview a share opens, if it still exists.
     pub fn preview_by_id(&self, id: &str) -> Option<&Arc<wire::Preview>> {
-        self.previews.get(self.preview_slugs.get(id)?)
+        self.previews_by_id.get(id)
     }
 
     fn set_settings(&mut self, settings: wire::Settings) -> Result<(), StateError> {
@@ -274,16 +327,20 @@ impl Snapshot {
 
     fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {
         self.remove_sandbox(&sandbox.id);
-        if let Some(hash) = &sandbox.preview_auth_sha256 {
-            self.preview_auth.insert(hash.as_str().into(), sandbox.id.as_str().into());
+        let sandbox = Arc::new(sandbox);
+        if sandbox.preview_auth_sha256.is_some() {
+            self.preview_auth.insert(sandbox.clone());
         }
-        self.sandboxes.insert(sandbox.id.as_str().into(), Arc::new(sandbox));
+        self.sandboxes.insert(sandbox);
     }
 
     fn remove_sandbox(&mut self, id: &str) {
         if let Some(old) = self.sandboxes.remove(id) {
             if let Some(hash) = &old.preview_auth_sha256 {
-                self.preview_auth.remove(hash.as_str());
+                // Only if the token still names this sandbox.
+                if self.preview_auth.get(hash).is_some_and(|s| s.id == id) {
+                    self.preview_auth.remove(hash);
+                }
             }
         }
     }
@@ -299,12 +356,18 @@ impl Snapshot {
     }
 
     fn upsert_share(&mut self, share: wire::Share) {
-        if let Some(old) = self.share_hashes.remove(share.id.as_str()) {
-            self.shares.remove(&old);
+        self.remove_share(&share.id);
+        let share = Arc::new(share);
+        self.shares_by_id.insert(share.clone());
+        self.shares.insert(share);
+    }
+
+    fn remove_share(&mut self, id: &str) {
+        if let Some(old) = self.shares_by_id.remove(id) {
+            if self.shares.get(&old.sha256).is_some_and(|s| s.id == id) {
+                self.shares.remove(&old.sha256);
+            }
         }
-        let hash: Arc<str> = share.sha256.as_str().into();
-        self.share_hashes.insert(share.id.as_str().into(), hash.clone());
-        self.shares.insert(hash, Arc::new(share));
     }
 
     fn upsert_deployment(&mut self, deployment: wire::Deployment) {
@@ -341,12 +404,19 @@ impl Snapshot {
     }
 
     fn upsert_preview(&mut self, preview: wire::Preview) {
-        if let Some(old_slug) = self.preview_slugs.remove(preview.id.as_str()) {
-            self.previews.remove(&old_slug);
+        self.remove_preview(&preview.id);
+        let preview = Arc::new(preview);
+        self.previews_by_id.insert(preview.clone());
+        self.previews.insert(preview);
+    }
+
+    fn remove_preview(&mut self, id: &str) {
+        if let Some(old) = self.previews_by_id.remove(id) {
+            // Only if the slug still names this preview.
+            if self.previews.get(&old.slug).is_some_and(|p| p.id == id) {
+                self.previews.remove(&old.slug);
+            }
         }
-        let slug: Arc<str> = preview.slug.as_str().into();
-        self.preview_slugs.insert(preview.id.as_str().into(), slug.clone());
-        self.previews.insert(slug, Arc::new(preview));
     }
 }
 
@@ -410,5 +480,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+mod cowmap;
+pub mod store;
 #[cfg(test)]
 mod tests;

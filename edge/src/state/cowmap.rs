@@ -1,0 +1,360 @@
+//! A hash map whose clone costs two reference counts and whose change copies ~1/4096th of it.
+//!
+//! Why not one `HashMap` (before issue 17): every batch of changes cloned every map, 1M sandboxes' worth
+//! of entries and reference counts for one changed sandbox.
+//!
+//! Why not a HAMT (`imbl::HashMap`, `rpds::HashTrieMap`): a lookup walks 4–5 levels of pointers at 1M
+//! entries (a cache miss each), and the nodes carry per-node arrays and reference counts that cost more
+//! memory per entry than a flat table; both matter here, the hot path does two to three gets per request
+//! and an edge holds millions of entries.
+//!
+//! This is a shallow copy-on-write tree instead: [`SHARDS`] (4096) `hashbrown` tables, each behind its
+//! own `Arc`, in 64 `Arc`'d groups of 64, in one `Arc`'d array. Bits of the key's hash pick the table.
+//! - Lookup: one hash, two extra pointer hops, then a flat SwissTable probe: as fast as a plain `HashMap`.
+//! - Clone (a new snapshot): two reference counts.
+//! - Change: copies, once per snapshot and map, the top array and one group (64 + 64 reference counts),
+//!   and the one table the key lives in (n/4096 entries: ~250 at 1M). Applying a change is a few hundred
+//!   reference counts at the sizes an edge holds.
+//! - Memory: the entries of a flat table, plus 4096 small headers per map.
+//!   Small maps (tenants, keys) share one empty table and one group of pointers to it.
+//!
+//! Two forms over the same tables: [`CowMap`], `Arc<str>` keys to values, and [`CowIndex`], records
+//! (`Arc<T>`) found by one of their own fields. An index stores one pointer per entry and no key of its
+//! own: at a million sandboxes the keys' separate allocations were a third of the edge's memory.
+//!
+//! The hash is the standard library's SipHash with a random key per map, as `HashMap` had: keys come
+//! from tenants (slugs, hosts) and must not be able to degrade a table.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+/// How many tables a map is split into (a power of two): `GROUPS` groups of `PER_GROUP`, so that a change
+/// copies one group's pointers (64), not all of them.
+pub const SHARDS: usize = GROUPS * PER_GROUP;
+const GROUPS: usize = 64;
+const PER_GROUP: usize = 64;
+
+/// What a table holds: something with a string key.
+pub trait Entry: Clone {
+    fn key(&self) -> &str;
+}
+
+/// One group of tables.
+type Group<E> = Arc<[Arc<HashTable<E>>]>;
+
+/// The copy-on-write table both forms are made of.
+struct Table<E> {
+    shards: Arc<[Group<E>]>,
+    hasher: RandomState,
+    len: usize,
+}
+
+impl<E> Clone for Table<E> {
+    fn clone(&self) -> Self {
+        Self { shards: self.shards.clone(), hasher: self.hasher.clone(), len: self.len }
+    }
+}
+
+impl<E> Default for Table<E> {
+    fn default() -> Self {
+        let empty = Arc::new(HashTable::new());
+        let group: Arc<[_]> = (0..PER_GROUP).map(|_| empty.clone()).collect();
+        Self { shards: (0..GROUPS).map(|_| group.clone()).collect(), hasher: RandomState::new(), len: 0 }
+    }
+}
+
+/// The group and the table in it.
+#[inline]
+fn shard_of(hash: u64) -> (usize, usize) {
+    // hashbrown uses the top 7 bits (control bytes) and the low bits (bucket): take the middle ones.
+    let i = (hash >> 32) as usize & (SHARDS - 1);
+    (i / PER_GROUP, i % PER_GROUP)
+}
+
+impl<E: Entry> Table<E> {
+    #[inline]
+    fn get(&self, key: &str) -> Option<&E> {
+        let hash = self.hasher.hash_one(key);
+        let (g, t) = shard_of(hash);
+        self.shards[g][t].find(hash, |e| e.key() == key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &E> + '_ {
+        self.shards.iter().flat_map(|g| g.iter()).flat_map(|s| s.iter())
+    }
+
+    /// The table `hash` lives in, copied first if another snapshot shares it.
+    fn shard_mut(&mut self, hash: u64) -> &mut HashTable<E> {
+        let (g, t) = shard_of(hash);
+        if Arc::get_mut(&mut self.shards).is_none() {
+            self.shards = self.shards.iter().cloned().collect();
+        }
+        // Just made if it was shared: this map holds the only reference.
+        let groups = Arc::get_mut(&mut self.shards).unwrap_or_else(|| unreachable!());
+        let group = &mut groups[g];
+        if Arc::get_mut(group).is_none() {
+            *group = group.iter().cloned().collect();
+        }
+        let group = Arc::get_mut(group).unwrap_or_else(|| unreachable!());
+        Arc::make_mut(&mut group[t])
+    }
+
+    /// Inserts or replaces the entry with the same key; returns the one it replaced.
+    fn insert(&mut self, entry: E) -> Option<E> {
+        let hasher = self.hasher.clone();
+        let hash = hasher.hash_one(entry.key());
+        let shard = self.shard_mut(hash);
+        match shard.find_mut(hash, |e| e.key() == entry.key()) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None => {
+                shard.insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<E> {
+        let hash = self.hasher.hash_one(key);
+        // Copy nothing for a key that is not there.
+        let (g, t) = shard_of(hash);
+        self.shards[g][t].find(hash, |e| e.key() == key)?;
+        let (entry, _) = self.shard_mut(hash).find_entry(hash, |e| e.key() == key).ok()?.remove();
+        self.len -= 1;
+        Some(entry)
+    }
+}
+
+/// `Arc<str>` keys to values.
+pub struct CowMap<V>(Table<(Arc<str>, V)>);
+
+impl<V: Clone> Entry for (Arc<str>, V) {
+    fn key(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<V> Clone for CowMap<V> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<V> Default for CowMap<V> {
+    fn default() -> Self {
+        Self(Table::default())
+    }
+}
+
+impl<V: Clone + std::fmt::Debug> std::fmt::Debug for CowMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<V: Clone> CowMap<V> {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.0.get(key).map(|(_, v)| v)
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> + '_ {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Inserts or replaces; returns the value it replaced.
+    pub fn insert(&mut self, key: Arc<str>, value: V) -> Option<V> {
+        self.0.insert((key, value)).map(|(_, v)| v)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        self.0.remove(key).map(|(_, v)| v)
+    }
+}
+
+impl<V: Clone> FromIterator<(Arc<str>, V)> for CowMap<V> {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, V)>>(iter: I) -> Self {
+        let mut map = Self::default();
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+impl<V: Clone> std::ops::Index<&str> for CowMap<V> {
+    type Output = V;
+
+    /// Panics when the key is absent, like `HashMap`'s: for tests.
+    fn index(&self, key: &str) -> &V {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no entry for key {key:?}"),
+        }
+    }
+}
+
+/// Which field of a `T` a [`CowIndex`] finds it by.
+pub trait KeyOf<T> {
+    fn key(record: &T) -> &str;
+}
+
+/// An entry of a [`CowIndex`]: the record, its key read from it.
+pub struct Keyed<T, K>(Arc<T>, PhantomData<fn() -> K>);
+
+impl<T, K> Clone for Keyed<T, K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), PhantomData)
+    }
+}
+
+impl<T, K: KeyOf<T>> Entry for Keyed<T, K> {
+    fn key(&self) -> &str {
+        K::key(&self.0)
+    }
+}
+
+/// Records found by one of their own fields (`K`).
+pub struct CowIndex<T, K>(Table<Keyed<T, K>>);
+
+impl<T, K> Clone for CowIndex<T, K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T, K> Default for CowIndex<T, K> {
+    fn default() -> Self {
+        Self(Table::default())
+    }
+}
+
+impl<T: std::fmt::Debug, K: KeyOf<T>> std::fmt::Debug for CowIndex<T, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values()).finish()
+    }
+}
+
+impl<T, K: KeyOf<T>> CowIndex<T, K> {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&Arc<T>> {
+        self.0.get(key).map(|e| &e.0)
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.get(key).is_some()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<T>> + '_ {
+        self.0.iter().map(|e| &e.0)
+    }
+
+    /// Inserts or replaces the record with the same key; returns the one it replaced.
+    pub fn insert(&mut self, record: Arc<T>) -> Option<Arc<T>> {
+        self.0.insert(Keyed(record, PhantomData)).map(|e| e.0)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Arc<T>> {
+        self.0.remove(key).map(|e| e.0)
+    }
+}
+
+impl<T, K: KeyOf<T>> std::ops::Index<&str> for CowIndex<T, K> {
+    type Output = Arc<T>;
+
+    /// Panics when the key is absent, like `HashMap`'s: for tests.
+    fn index(&self, key: &str) -> &Arc<T> {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no entry for key {key:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_is_unchanged_by_changes_to_the_original() {
+        let mut a: CowMap<u32> = (0..5000u32).map(|i| (Arc::from(i.to_string()), i)).collect();
+        let b = a.clone();
+        assert_eq!(a.insert("7".into(), 70), Some(7));
+        assert_eq!(a.remove("8"), Some(8));
+        assert_eq!(a.remove("nope"), None);
+        assert_eq!(a.insert("new".into(), 1), None);
+        assert_eq!((a.len(), b.len()), (5000, 5000));
+        assert_eq!((a.get("7"), b.get("7")), (Some(&70), Some(&7)));
+        assert_eq!((a.get("8"), b.get("8")), (None, Some(&8)));
+        assert_eq!(a.iter().count(), 5000);
+        assert_eq!(b.values().copied().map(u64::from).sum::<u64>(), (0..5000u64).sum::<u64>());
+    }
+
+    #[test]
+    fn a_change_copies_one_table_and_shares_the_rest() {
+        let mut a: CowMap<u32> = (0..5000u32).map(|i| (Arc::from(i.to_string()), i)).collect();
+        let b = a.clone();
+        a.insert("1".into(), 10);
+        let tables = |m: &CowMap<u32>| m.0.shards.iter().flat_map(|g| g.iter().cloned()).collect::<Vec<_>>();
+        let shared = tables(&a).iter().zip(tables(&b).iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
+        assert_eq!(shared, SHARDS - 1);
+        let groups = a.0.shards.iter().zip(b.0.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
+        assert_eq!(groups, GROUPS - 1);
+    }
+
+    struct Name;
+    impl KeyOf<(String, u32)> for Name {
+        fn key(record: &(String, u32)) -> &str {
+            &record.0
+        }
+    }
+
+    #[test]
+    fn an_index_finds_records_by_their_own_field() {
+        let mut a: CowIndex<(String, u32), Name> = CowIndex::default();
+        for i in 0..3000 {
+            a.insert(Arc::new((format!("n{i}"), i)));
+        }
+        let b = a.clone();
+        assert_eq!(a.insert(Arc::new(("n5".into(), 50))).map(|r| r.1), Some(5));
+        assert_eq!(a.remove("n6").map(|r| r.1), Some(6));
+        assert_eq!((a.len(), b.len()), (2999, 3000));
+        assert_eq!((a["n5"].1, b["n5"].1), (50, 5));
+        assert!(!a.contains_key("n6") && b.contains_key("n6"));
+        assert_eq!(a.values().count(), 2999);
+    }
+}
