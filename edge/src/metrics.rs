@@ -147,6 +147,15 @@ pub static CERTIFICATE_SOONEST_EXPIRY: LazyLock<Gauge> = LazyLock::new(|| {
     .expect("register portico_certificate_soonest_expiry_seconds")
 });
 
+#[allow(clippy::expect_used)]
+pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "portico_access_log_dropped_total",
+        "Access-log lines dropped because the writer was behind (the request was not held up)"
+    )
+    .expect("register portico_access_log_dropped_total")
+});
+
 /// Touches every metric so that all series families appear from the first scrape.
 pub fn init() {
     LazyLock::force(&REQUESTS);
@@ -160,6 +169,7 @@ pub fn init() {
     LazyLock::force(&WAKE_SECONDS);
     LazyLock::force(&CONFIG_VERSION);
     LazyLock::force(&CONFIG_AGE);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
     for state in ["served", "expired", "invalid"] {
         CERTIFICATES.with_label_values(&[state]).set(0);
     }
