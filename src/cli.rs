@@ -93,6 +93,8 @@ struct UpArgs {
     #[command(flatten)]
     ready: ReadyArgs,
     #[command(flatten)]
+    access_log: AccessLogArgs,
+    #[command(flatten)]
     releases: ReleaseArgs,
     #[command(flatten)]
     limits: LimitArgs,
@@ -280,6 +282,17 @@ struct HttpsArgs {
     redirect_https: bool,
 }
 
+/// The edge's access log (`edge` and `up`).
+#[derive(Args, Debug, Clone)]
+struct AccessLogArgs {
+    /// The access log: `off`, `stderr`, or a file PATH (appended to). One JSON line per request: time,
+    /// client_ip, method, host, path (never the query), status, bytes, duration_ms, upstream_ms, tenant,
+    /// route, error, request_id. Written by its own thread, off the request path: lines it cannot keep up
+    /// with are dropped and counted in `portico_access_log_dropped_total`.
+    #[arg(long, env = "PORTICO_ACCESS_LOG", value_name = "off|stderr|PATH", default_value = "stderr")]
+    access_log: portico_edge::accesslog::Destination,
+}
+
 /// How control wakes hibernated sandboxes (`control` and `up`).
 #[derive(Args, Debug)]
 struct WakeArgs {
@@ -334,6 +347,8 @@ struct EdgeArgs {
     trusted_proxies: Vec<portico_edge::client::Cidr>,
     #[command(flatten)]
     https: HttpsArgs,
+    #[command(flatten)]
+    access_log: AccessLogArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -550,6 +565,7 @@ fn edge(a: EdgeArgs) -> anyhow::Result<()> {
         certs_dir: a.https.certs_dir,
         redirect_https: a.https.redirect_https,
         ready_max_age: a.ready.ready_max_age,
+        access_log: a.access_log.access_log,
     };
     if a.common.check {
         let report = tokio::runtime::Runtime::new()?.block_on(portico_edge::check(&config))?;
@@ -632,6 +648,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         certs_dir: a.https.certs_dir,
         redirect_https: a.https.redirect_https,
         ready_max_age: a.ready.ready_max_age,
+        access_log: a.access_log.access_log,
     };
     tracing::info!(http = %a.http, "edge listening; try http://3000-<sandbox>.sandbox.localhost:{}", a.http.port());
     portico_edge::server(config)?.run_forever()
@@ -699,5 +716,19 @@ mod tests {
         let Command::Up(a) = cli.command else { panic!("not up") };
         assert_eq!(a.trusted_proxies.len(), 1);
         assert_eq!(a.default_embed_port, 5173);
+    }
+
+    #[test]
+    fn access_log_defaults_to_stderr_and_takes_off_or_a_path() {
+        use portico_edge::accesslog::Destination;
+        let cli = Cli::try_parse_from(["portico", "edge"]).expect("parses");
+        let Command::Edge(a) = cli.command else { panic!("not edge") };
+        assert_eq!(a.access_log.access_log, Destination::Stderr);
+        let cli = Cli::try_parse_from(["portico", "up", "--access-log", "off"]).expect("parses");
+        let Command::Up(a) = cli.command else { panic!("not up") };
+        assert_eq!(a.access_log.access_log, Destination::Off);
+        let cli = Cli::try_parse_from(["portico", "edge", "--access-log", "/tmp/a.log"]).expect("parses");
+        let Command::Edge(a) = cli.command else { panic!("not edge") };
+        assert_eq!(a.access_log.access_log, Destination::File("/tmp/a.log".into()));
     }
 }

@@ -396,3 +396,65 @@ async fn logs_name_requests_but_never_a_credential() {
     assert!(log.contains("/logged"), "one access-log line per request:\n{log}");
     assert!(!log.contains(secret), "a credential reached the log:\n{log}");
 }
+
+#[tokio::test]
+async fn access_log_file_gets_one_json_line_per_request_without_query_or_credential() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let path = logs.path().join("access.log");
+    let stack = Stack::start_with(&["--access-log", path.to_str().expect("utf-8 path")]).await;
+    let tenant = stack.admin.tenant("acme").await;
+    let fake = FakeSandbox::start(sandbox_ip(), 0).await;
+    let sb = tenant
+        .sandbox(json!({"address": fake.addr.ip().to_string(), "preview_auth": {"token": "auto"}}))
+        .await;
+    let token = sb["preview_auth_token"].as_str().expect("preview_auth_token").to_string();
+    stack.synced().await;
+    let host = format!("{}-{}.sandbox.localhost", fake.port(), sb["id"].as_str().expect("id"));
+    let client = stack.edge.client();
+
+    let sent = [
+        (client.get(stack.edge.url(&host, &format!("/in-query?token={token}&x=1"))), 200),
+        (
+            client
+                .get(stack.edge.url(&host, "/in-header?q=private"))
+                .header("x-portico-preview-token", &token),
+            200,
+        ),
+        (client.get(stack.edge.url(&host, "/without?preview_token=wrong-0123456789")), 401),
+        (client.get(stack.edge.url("nothing-here.localhost", "/unknown")), 404),
+    ];
+    for (req, want) in sent {
+        assert_eq!(req.send().await.expect("request").status(), want);
+    }
+
+    let mut text = String::new();
+    common::wait_until("four access-log lines", Duration::from_secs(5), || {
+        text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines = text.lines().count();
+        async move { lines >= 4 }
+    })
+    .await;
+    assert!(!text.contains(&token) && !text.contains("wrong-0123456789"), "a credential was logged:\n{text}");
+    assert!(!text.contains('?') && !text.contains("private"), "a query string was logged:\n{text}");
+    let lines: Vec<Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    let got: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| (l["path"].as_str().unwrap_or("?"), l["status"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(got, [("/in-query", 200), ("/in-header", 200), ("/without", 401), ("/unknown", 404)]);
+    let first = &lines[0];
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert_eq!(first["route"], "sandbox_port");
+    assert!(first["host"].as_str().is_some_and(|h| h.starts_with(&host)), "{first}");
+    assert!(
+        first["tenant"].is_string() && first["upstream_ms"].is_number() && first["duration_ms"].is_number()
+    );
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.contains('T')), "{first}");
+    assert!(first.as_object().is_some_and(|o| o.contains_key("request_id")), "{first}");
+    assert_eq!(lines[2]["error"], "token_invalid");
+    assert!(lines[2]["upstream_ms"].is_null(), "a refused request never reached the sandbox");
+    assert_eq!(lines[3]["error"], "not_found");
+    assert!(lines[3]["tenant"].is_null());
+}

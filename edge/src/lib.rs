@@ -1,6 +1,7 @@
 //! `portico edge`: a Pingora server that routes preview hosts to sandbox ports. Follow one request through
 //! `proxy.rs`; the state it reads is in `state.rs` and arrives through `feed.rs`.
 
+pub mod accesslog;
 pub mod acme;
 pub mod activity;
 pub mod auth;
@@ -60,6 +61,8 @@ pub struct EdgeConfig {
     pub redirect_https: bool,
     /// `/readyz` on the metrics listener answers 503 once control last confirmed the state this long ago.
     pub ready_max_age: std::time::Duration,
+    /// Where the access log goes (`--access-log`).
+    pub access_log: accesslog::Destination,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,8 @@ pub enum StartError {
     RedirectWithoutHttps,
     #[error("setting up the HTTPS listener: {0}")]
     Tls(Box<pingora::Error>),
+    #[error("opening the access log {0}: {1}")]
+    AccessLog(accesslog::Destination, std::io::Error),
     #[error("setting up DNS for sandbox host names: {0}")]
     Dns(#[from] hickory_resolver::net::NetError),
 }
@@ -163,6 +168,10 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     let releases = Arc::new(statics::Releases::new(releases_dir, control.clone()));
     let usage = Arc::new(usage::Usage::default());
     let dns = Arc::new(resolve::Resolver::from_system()?);
+    let access_log = Arc::new(
+        accesslog::AccessLog::start(&config.access_log)
+            .map_err(|e| StartError::AccessLog(config.access_log.clone(), e))?,
+    );
     // One pipeline for both listeners: limits, credentials and wakes are shared; only the scheme differs.
     let edge = |scheme: &'static str, https_redirect: Option<Arc<tls::HttpsRedirect>>| proxy::Edge {
         waker: waker.clone(),
@@ -178,6 +187,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         releases: releases.clone(),
         usage: usage.clone(),
         dns: dns.clone(),
+        access_log: access_log.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

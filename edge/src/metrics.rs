@@ -178,6 +178,14 @@ pub fn set_certificate_soonest_expiry(not_after: Option<i64>) {
         None => CERTIFICATE_SOONEST_EXPIRY.reset(),
     }
 }
+#[allow(clippy::expect_used)]
+pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "portico_access_log_dropped_total",
+        "Access-log lines dropped because the writer was behind (the request was not held up)"
+    )
+    .expect("register portico_access_log_dropped_total")
+});
 
 /// Touches every metric so that all series families appear from the first scrape.
 pub fn init() {
@@ -195,6 +203,7 @@ pub fn init() {
     LazyLock::force(&CONFIG_LAST_SYNC);
     LazyLock::force(&CERTIFICATE_SOONEST_EXPIRY);
     BUILD_INFO.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
     for state in ["served", "expired", "invalid"] {
         CERTIFICATES.with_label_values(&[state]).set(0);
     }

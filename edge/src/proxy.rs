@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -11,6 +11,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use portico_wire::Visibility;
 
+use crate::accesslog::{self, AccessLog};
 use crate::acme;
 use crate::activity::{Activity, OpenGuard};
 use crate::auth::{self, Grant};
@@ -60,6 +61,8 @@ pub struct Edge {
     pub usage: Arc<Usage>,
     /// Step 5: sandbox host names, resolved asynchronously and cached, checked against the policy.
     pub dns: Arc<Resolver>,
+    /// One line per request, written off the request path.
+    pub access_log: Arc<AccessLog>,
 }
 
 /// How steps 1–4 let a request through.
@@ -74,6 +77,8 @@ enum Admitted {
 /// What one request carries from filter to filter.
 pub struct Ctx {
     snap: Arc<Snapshot>,
+    /// When the request's header had arrived: the access log's duration.
+    started: Instant,
     route: Option<Route>,
     client_ip: Option<IpAddr>,
     grant: Option<Grant>,
@@ -239,6 +244,7 @@ impl ProxyHttp for Edge {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snap: self.state.load(),
+            started: Instant::now(),
             route: None,
             client_ip: None,
             grant: None,
@@ -438,18 +444,25 @@ impl ProxyHttp for Edge {
         if let (Some(route), true) = (&ctx.route, status != 0) {
             self.usage.record_route(route, session.body_bytes_sent() as u64);
         }
-        tracing::info!(
-            target: "access",
-            tenant,
-            route = kind,
-            status,
-            error = ctx.failure.as_ref().map(|e| e.code()),
-            upstream_ms = ctx.upstream_started.map(|s| s.elapsed().as_millis() as u64),
-            bytes = session.body_bytes_sent(),
-            method = %session.req_header().method,
-            path = session.req_header().uri.path(),
-            request_id = ctx.request_id.as_str(),
-        );
+        if self.access_log.enabled() {
+            let req = session.req_header();
+            self.access_log.send(accesslog::Line {
+                time: SystemTime::now(),
+                client_ip: ctx.client_ip.or_else(|| session.client_addr()?.as_inet().map(|a| a.ip())),
+                method: req.method.clone(),
+                host: request_host(req).unwrap_or_default().to_string(),
+                // Never the query: it may carry a credential.
+                path: req.uri.path().to_string(),
+                status,
+                bytes: session.body_bytes_sent() as u64,
+                duration: ctx.started.elapsed(),
+                upstream: ctx.upstream_started.map(|s| s.elapsed()),
+                tenant: ctx.route.as_ref().map(|r| r.tenant.tenant.id.clone()),
+                route: kind,
+                error: ctx.failure.as_ref().map(|e| e.code()),
+                request_id: Some(ctx.request_id.clone()),
+            });
+        }
     }
 }
 

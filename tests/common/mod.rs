@@ -293,9 +293,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Self::start_with(&[]).await
+    }
+
+    /// With extra flags for the edge, e.g. `--access-log`.
+    pub async fn start_with(edge_flags: &[&str]) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = Control::start(&dir.path().join("control")).await;
-        let edge = Edge::start(&control.url, &dir.path().join("edge")).await;
+        let edge = Edge::start_with(&control.url, &dir.path().join("edge"), edge_flags).await;
         let admin = Api::admin(&control.url);
         Stack { dir, control, edge, admin }
     }

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Medians of benches/proxies.sh's rounds as a Markdown table, with Portico's ratios to the baselines.
+
+Input: the TSV the script writes, one line per (round, path, proxy):
+round path proxy requests rps p50_ms p99_ms cpu_ticks non2xx errors
+"""
+import os
+import statistics
+import sys
+from collections import OrderedDict, defaultdict
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def main(path):
+    runs = defaultdict(list)
+    paths, proxies = OrderedDict(), OrderedDict()
+    with open(path) as f:
+        for line in f:
+            rnd, p, proxy, req, rps, p50, p99, ticks, non2xx, errors = line.split("\t")
+            paths.setdefault(p, None)
+            proxies.setdefault(proxy, None)
+            req = int(req)
+            cpu_us = int(ticks) * 1e6 / CLK_TCK / req if req else float("nan")
+            runs[(p, proxy)].append(
+                dict(rps=float(rps), p50=float(p50), p99=float(p99), cpu=cpu_us,
+                     bad=int(non2xx) + int(errors)))
+    med = {
+        k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99", "cpu")}
+        | {"bad": sum(r["bad"] for r in v), "n": len(v)}
+        for k, v in runs.items()
+    }
+    rounds = max(m["n"] for m in med.values())
+    print(f"Medians of {rounds} rounds. CPU = utime+stime of the proxy's processes per request (µs).")
+    print("Ratios: req/s and CPU of each Portico row over the minimal Pingora proxy and over nginx.\n")
+    print("| path | proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ min | req/s ÷ nginx "
+          "| CPU ÷ min | CPU ÷ nginx | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for p in paths:
+        base_min, base_ngx = med.get((p, "minimal-pingora")), med.get((p, "nginx"))
+        for proxy in proxies:
+            m = med.get((p, proxy))
+            if not m:
+                continue
+            ratios = ["", "", "", ""]
+            if proxy.startswith("portico"):
+                ratios = [
+                    f"{m['rps'] / base_min['rps']:.2f}" if base_min else "",
+                    f"{m['rps'] / base_ngx['rps']:.2f}" if base_ngx else "",
+                    f"{m['cpu'] / base_min['cpu']:.2f}" if base_min else "",
+                    f"{m['cpu'] / base_ngx['cpu']:.2f}" if base_ngx else "",
+                ]
+            print(f"| {p} | {proxy} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.1f} | "
+                  + " | ".join(ratios) + f" | {m['bad']} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
