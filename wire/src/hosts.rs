@@ -262,6 +262,27 @@ fn match_label<'h>(tokens: &[Token], label: &'h str, values: &mut [Option<&'h st
             label.strip_prefix(lit.as_str()).is_some_and(|tail| match_label(rest, tail, values))
         }
         Some((Token::Value(p), rest)) => {
+            // The two shapes every template has, without trying each split point (a route lookup does
+            // this for every request). A value that ends its label is all that is left of it; a value
+            // cannot run past a character it may not contain, so when the literal after it starts with
+            // one, the value ends at that character's first occurrence or nowhere.
+            let only_end = match rest.first() {
+                None => Some(label.len()),
+                Some(Token::Literal(lit)) => match lit.bytes().next().filter(|c| !p.may_contain(*c)) {
+                    // No such character: an empty value, which no placeholder accepts.
+                    Some(stop) => Some(label.bytes().position(|b| b == stop).unwrap_or(0)),
+                    None => None,
+                },
+                Some(Token::Value(_)) => None,
+            };
+            if let Some(end) = only_end {
+                let value = &label[..end];
+                let ok = end > 0 && p.accepts(value) && match_label(rest, &label[end..], values);
+                if ok {
+                    values[*p as usize] = Some(value);
+                }
+                return ok;
+            }
             for end in (1..=label.len()).rev() {
                 let Some(value) = label.get(..end) else { continue };
                 if p.accepts(value) && match_label(rest, &label[end..], values) {

@@ -22,14 +22,21 @@
 //! (`Arc<T>`) found by one of their own fields. An index stores one pointer per entry and no key of its
 //! own: at a million sandboxes the keys' separate allocations were a third of the edge's memory.
 //!
-//! The hash is the standard library's SipHash with a random key per map, as `HashMap` had: keys come
-//! from tenants (slugs, hosts) and must not be able to degrade a table.
+//! The hash is foldhash (hashbrown's own default) seeded at random per process and per map, not the
+//! standard library's SipHash: SipHash was a fifth of a route lookup at 1M sandboxes, and a lookup hashes
+//! two or three keys. The random seed is what matters here: keys come from tenants (sandbox ids, domains)
+//! and lookups from clients (hosts), and neither can build colliding keys without knowing the seed, which
+//! nothing the edge answers reveals (no response depends on a table's order). foldhash does not claim to
+//! withstand an attacker who can observe hash values; nobody outside can. Its own default seed is only
+//! address-space layout and the clock, so the seeds here come from the OS's random source instead (through
+//! the standard library's `RandomState`), one shared per process and one per map.
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use foldhash::quality::SeedableRandomState;
+use foldhash::SharedSeed;
 use hashbrown::HashTable;
 
 /// How many tables a map is split into (a power of two): `GROUPS` groups of `PER_GROUP`, so that a change
@@ -37,6 +44,25 @@ use hashbrown::HashTable;
 pub const SHARDS: usize = GROUPS * PER_GROUP;
 const GROUPS: usize = 64;
 const PER_GROUP: usize = 64;
+
+/// A hasher with a seed no client can know (see the module's summary for why).
+#[derive(Clone)]
+struct Seeded(SeedableRandomState);
+
+impl Seeded {
+    fn new() -> Self {
+        static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+        // std's `RandomState` keys come from the OS's random source; what they hash to is as random.
+        let random = || std::collections::hash_map::RandomState::new().hash_one(0u64);
+        let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random()));
+        Self(SeedableRandomState::with_seed(random(), shared))
+    }
+
+    #[inline]
+    fn hash_one(&self, key: &str) -> u64 {
+        self.0.hash_one(key)
+    }
+}
 
 /// What a table holds: something with a string key.
 pub trait Entry: Clone {
@@ -49,7 +75,7 @@ type Group<E> = Arc<[Arc<HashTable<E>>]>;
 /// The copy-on-write table both forms are made of.
 struct Table<E> {
     shards: Arc<[Group<E>]>,
-    hasher: RandomState,
+    hasher: Seeded,
     len: usize,
 }
 
@@ -63,7 +89,7 @@ impl<E> Default for Table<E> {
     fn default() -> Self {
         let empty = Arc::new(HashTable::new());
         let group: Arc<[_]> = (0..PER_GROUP).map(|_| empty.clone()).collect();
-        Self { shards: (0..GROUPS).map(|_| group.clone()).collect(), hasher: RandomState::new(), len: 0 }
+        Self { shards: (0..GROUPS).map(|_| group.clone()).collect(), hasher: Seeded::new(), len: 0 }
     }
 }
 

@@ -108,3 +108,21 @@ fn templates_where_one_host_could_name_two_routes_are_refused() {
     let t = HostTemplate::parse("{port}a{sandbox}.x.dev").expect("unambiguous");
     assert_eq!(t.matches("1aaabc.x.dev"), Some(HostMatch::SandboxPort { sandbox: "aabc", port: 1 }));
 }
+
+/// The matcher ends a value at the first character it cannot contain instead of trying every split:
+/// hosts with that character in other places still route exactly as before.
+#[test]
+fn a_value_ends_at_the_first_character_it_cannot_contain() {
+    assert_eq!(route("30-00-abcd.sandbox.localhost"), None);
+    assert_eq!(route("-3000-abcd.sandbox.localhost"), None);
+    assert_eq!(route("sb-abcd-p-p80.workers.localhost"), None);
+    assert_eq!(route("sb-abcd-p80-.workers.localhost"), None);
+    assert_eq!(
+        route("sb-abcd-p80.workers.localhost"),
+        Some("SandboxPort { sandbox: \"abcd\", port: 80 }".into())
+    );
+    assert_eq!(
+        route("web-1.team-2.apps.localhost"),
+        Some("Deployment { app: \"web-1\", workspace: \"team-2\" }".into())
+    );
+}
