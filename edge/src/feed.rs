@@ -19,6 +19,8 @@ use crate::state::{EdgeState, Snapshot, StateError};
 /// How long control may hold a long-poll open before answering "no change".
 const WAIT_SECS: u64 = 25;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A control that does not accept within this is down, however long an answer may take once it does.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -61,7 +63,7 @@ impl FeedClient {
         state_dir: Option<PathBuf>,
     ) -> Result<Self, FeedError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(CONNECT_TIMEOUT)
             .timeout(Duration::from_secs(WAIT_SECS + 10))
             .build()
             .map_err(|source| FeedError::Http { url: String::new(), source })?;
@@ -84,8 +86,11 @@ impl FeedClient {
     pub fn catch_up(&self, timeout: Duration) {
         let caught_up = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|rt| {
             rt.block_on(async {
-                let http =
-                    reqwest::Client::builder().connect_timeout(timeout).timeout(timeout).build().ok()?;
+                let http = reqwest::Client::builder()
+                    .connect_timeout(timeout.min(CONNECT_TIMEOUT))
+                    .timeout(timeout)
+                    .build()
+                    .ok()?;
                 for url in &self.control_urls {
                     if let Ok(Ok(())) = tokio::time::timeout(timeout, self.poll(&http, url, 0)).await {
                         return Some(());

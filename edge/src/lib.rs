@@ -138,7 +138,11 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         state.clone(),
         config.state_dir.clone(),
     )?;
-    feed.catch_up(std::time::Duration::from_secs(2));
+    // With a saved state, a slow control must not hold up serving it. With none there is nothing to serve
+    // but 404s: wait for the first snapshot instead of cancelling it at 2 s (a million sandboxes take
+    // longer to fetch) and fetching it all again in the background.
+    let catch_up = if state.load().version == 0 { 60 } else { 2 };
+    feed.catch_up(std::time::Duration::from_secs(catch_up));
 
     let control = Arc::new(control::Control::new(config.control_urls.clone(), config.edge_token.clone())?);
     let activity = Arc::new(activity::Activity::default());
