@@ -113,6 +113,7 @@ impl Control {
         }
         // The pruner holds a weak reference: it stops once the Control and every router are gone.
         tokio::spawn(feed::prune_forever(Arc::downgrade(&state)));
+        tokio::spawn(feed::snapshots::warm(Arc::downgrade(&state)));
         if let Some(acme) = acme {
             tracing::info!(directory = %acme.directory, "ACME on: ordering certificates for custom and preview domains");
             tokio::spawn(acme::run(Arc::downgrade(&state), acme));

@@ -91,9 +91,16 @@ impl FeedClient {
                     .timeout(timeout)
                     .build()
                     .ok()?;
+                let deadline = tokio::time::Instant::now() + timeout;
                 for url in &self.control_urls {
-                    if let Ok(Ok(())) = tokio::time::timeout(timeout, self.poll(&http, url, 0)).await {
-                        return Some(());
+                    // A snapshot may be a little behind (control serves the one it has built while it is
+                    // recent): the changes after it follow at once, before the edge serves anything.
+                    for _ in 0..3 {
+                        match tokio::time::timeout_at(deadline, self.poll(&http, url, 0)).await {
+                            Ok(Ok(Polled::Snapshot)) => continue,
+                            Ok(Ok(Polled::Changes)) => return Some(()),
+                            Ok(Err(_)) | Err(_) => break,
+                        }
                     }
                 }
                 None
@@ -109,7 +116,7 @@ impl FeedClient {
 
     /// One round trip: asks for what happened after the current version (waiting up to `wait` seconds
     /// for something to happen) and applies it.
-    async fn poll(&self, http: &reqwest::Client, url: &str, wait: u64) -> Result<(), FeedError> {
+    async fn poll(&self, http: &reqwest::Client, url: &str, wait: u64) -> Result<Polled, FeedError> {
         let since = self.state.load().version;
         let endpoint = format!("{url}/v1/edge/feed?since={since}&wait={wait}");
         let err = |source| FeedError::Http { url: url.to_string(), source };
@@ -118,6 +125,10 @@ impl FeedClient {
             return Err(FeedError::Status { url: url.to_string(), status: resp.status().as_u16() });
         }
         let msg: FeedMessage = resp.json().await.map_err(err)?;
+        let polled = match msg {
+            FeedMessage::Snapshot { .. } => Polled::Snapshot,
+            FeedMessage::Changes { .. } => Polled::Changes,
+        };
         let next = match msg {
             FeedMessage::Snapshot { snapshot } => Some((Snapshot::from_wire(snapshot)?, Saved::Full)),
             FeedMessage::Changes { version, changes } if version != since || !changes.is_empty() => {
@@ -136,8 +147,15 @@ impl FeedClient {
             }
         }
         self.state.mark_synced();
-        Ok(())
+        Ok(polled)
     }
+}
+
+/// What a poll brought.
+enum Polled {
+    Snapshot,
+    /// Changes, or none.
+    Changes,
 }
 
 #[async_trait]
@@ -154,7 +172,7 @@ impl BackgroundService for FeedClient {
         loop {
             let url = &self.control_urls[which % self.control_urls.len()];
             let result = tokio::select! {
-                r = self.poll(&self.http, url, WAIT_SECS) => r,
+                r = self.poll(&self.http, url, WAIT_SECS) => r.map(drop),
                 _ = shutdown.changed() => return,
             };
             match result {

@@ -5,6 +5,13 @@
 //! of it ever exists) and kept compressed; builds are single-flight — whoever finds the cache stale builds
 //! while the others wait on the same lock and then share the result. So control holds one compressed copy,
 //! plus one build's rows at a time, however many edges ask.
+//!
+//! A build costs seconds at a million sandboxes, and while changes flow the database's version moves on
+//! every few milliseconds: rebuilding whenever the cache is behind meant every cold start paid a whole
+//! build. The cached snapshot is served while it is at most [`MAX_BEHIND`] versions old and the changes
+//! after it are still retained: the edge asks for those next (`since` = the snapshot's version), as it
+//! would for any change, and is current a round trip later. Control builds one as it starts, so the first
+//! edges after a restart do not wait for it either.
 
 use std::io::{Read, Write};
 
@@ -20,6 +27,9 @@ use crate::error::{ApiError, ApiResult};
 const LEVEL: flate2::Compression = flate2::Compression::fast();
 /// An inflated snapshot larger than this is refused rather than buffered (for edges without gzip).
 const MAX_INFLATED: u64 = 4 << 30;
+/// How many versions the served snapshot may lag behind the database: a few seconds of a busy platform,
+/// caught up by the edge's next poll or two (an answer holds up to 5,000 rows).
+pub(crate) const MAX_BEHIND: u64 = 2_000;
 
 #[derive(Default)]
 pub struct Snapshots {
@@ -32,7 +42,9 @@ impl Snapshots {
         let mut latest = self.latest.lock().await;
         let current = current_version(pool).await?;
         if let Some((version, gzip)) = latest.as_ref() {
-            if *version >= current {
+            if *version >= current
+                || (current - *version <= MAX_BEHIND && changes_retained_after(pool, *version).await?)
+            {
                 return Ok(gzip.clone());
             }
         }
@@ -63,6 +75,22 @@ pub fn inflate(gzip: &[u8]) -> ApiResult<Bytes> {
         .read_to_end(&mut out)
         .map_err(|e| ApiError::Internal(format!("inflating the snapshot: {e}")))?;
     Ok(Bytes::from(out))
+}
+
+/// Builds the snapshot once in the background, so that edges starting right after control do not wait
+/// for it. Holds the state weakly: nothing to do once control is gone.
+pub(crate) async fn warm(state: std::sync::Weak<crate::state::AppState>) {
+    let Some(state) = state.upgrade() else { return };
+    if let Err(e) = state.snapshots.latest(&state.pool).await {
+        tracing::warn!(error = %e, "building the first feed snapshot at start failed; the first edge will");
+    }
+}
+
+/// Whether an edge at `version` can still catch up through the change feed (the feed's own rule).
+async fn changes_retained_after(pool: &AnyPool, version: u64) -> ApiResult<bool> {
+    let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(version) FROM changes").fetch_one(pool).await?;
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    Ok(oldest.is_some_and(|oldest| version >= oldest - 1))
 }
 
 async fn current_version(pool: &AnyPool) -> ApiResult<u64> {

@@ -104,12 +104,31 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
         serde_json::from_slice(&snapshots::inflate(&a).expect("inflate")).expect("json");
     assert!(matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == 3));
 
+    // A version or two behind: served as it is; the edge asks for the changes after it next.
     add_changes(&pool, &[(4, "gone2")], now_ms()).await;
     let c = snapshots.latest(&pool).await.expect("after a change");
+    assert_eq!(c.as_ptr(), a.as_ptr(), "a recent snapshot is reused");
+    // Too far behind: rebuilt.
+    let far = 4 + snapshots::MAX_BEHIND as i64 + 1;
+    add_changes(&pool, &[(far, "gone3")], now_ms()).await;
+    let d = snapshots.latest(&pool).await.expect("far behind");
     let parsed: FeedMessage =
-        serde_json::from_slice(&snapshots::inflate(&c).expect("inflate")).expect("json");
+        serde_json::from_slice(&snapshots::inflate(&d).expect("inflate")).expect("json");
     assert!(
-        matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == 4),
-        "a new version rebuilds"
+        matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == far as u64),
+        "a snapshot too far behind is rebuilt"
     );
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_following_changes_were_pruned_is_rebuilt() {
+    let pool = pool().await;
+    add_changes(&pool, &[(3, "a")], now_ms()).await;
+    let snapshots = snapshots::Snapshots::default();
+    let a = snapshots.latest(&pool).await.expect("first");
+    // Version 4 is gone from the change log: an edge at 3 could not catch up from it.
+    add_changes(&pool, &[(5, "b")], now_ms()).await;
+    sqlx::query("DELETE FROM changes WHERE version < 5").execute(&pool).await.expect("prune");
+    let b = snapshots.latest(&pool).await.expect("second");
+    assert_ne!(a.as_ptr(), b.as_ptr(), "rebuilt");
 }
