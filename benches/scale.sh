@@ -1,105 +1,161 @@
 #!/usr/bin/env bash
-# Edge at scale (issue 17): seeds N sandboxes through the control API, then measures an edge's
-# - cold start from control (empty state dir) until it routes the last sandbox created,
-# - cold start from its state dir with control down,
-# - resident memory in both cases, and over an idle edge (no sandboxes),
-# - the size of its state dir.
-# Not run in CI: `benches/scale.sh` (100k), `benches/scale.sh 1000000`. Needs curl and a release build
-# (`cargo build --release`, or set PORTICO=path/to/portico).
+# Edges at scale (issue 17). Seeds N sandboxes through the control API, then measures
+# - one edge: cold start from control (empty state dir) until it routes the last sandbox created, its
+#   resident memory, propagation of 100 changes while 100 changes/s flow; then a cold start from its state
+#   dir with control down;
+# - ten edges on one control (EDGES=10): all cold-starting at once (time until every one routes, control's
+#   peak resident memory while serving them), their resident memory, propagation at every edge.
+# Propagation: from control's answer creating a sandbox until the edge answers its host with anything but
+# 404 (benches/scale/probe.py polls each edge about once a millisecond over a kept-alive connection).
+# Targets: cold start <= 5 s from control, <= 2 s from the state dir; propagation p50 <= 20 ms, max <= 200 ms
+# at every edge; <= 300 bytes resident per sandbox over an idle edge.
+#
+# Not run in CI: `benches/scale.sh` (100k), `benches/scale.sh 1000000`; `nice -n 19` on a shared machine.
+# Needs curl, python3 and a release build (`cargo build --release`, or set PORTICO=path/to/portico).
+# Everything listens on loopback; each edge on its own 127.0.0.x address. Processes are stopped by PID
+# (SIGINT: Pingora stops at once) and waited for, also when the script fails or is interrupted.
+#
+# Seeding goes through `POST /v1/sandboxes`, the same path as any client, 1,000 sandboxes per tenant (the
+# default quota; the quota check counts the tenant's sandboxes, so one huge tenant would make seeding
+# quadratic). 1M takes a while (about 20 minutes on two cores): SEEDED=dir keeps the seeded database there
+# and reuses it on the next run with the same dir (N must match).
 set -euo pipefail
 
 N=${1:-100000}
+EDGES=${EDGES:-10}
+CHANGES=${CHANGES:-100}
+RATE=${RATE:-100}
+PER_TENANT=1000
 PORTICO=${PORTICO:-$(cd "$(dirname "$0")/.." && pwd)/target/release/portico}
+PROBE_PY="$(cd "$(dirname "$0")" && pwd)/scale/probe.py"
 PARALLEL=${PARALLEL:-32}
-BATCH=1000
 [[ -x $PORTICO ]] || { echo "no $PORTICO: run cargo build --release first" >&2; exit 1; }
 
 WORK=$(mktemp -d)
 PIDS=()
+stop() { kill -INT "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do stop "$p"; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CONTROL_PORT=$(port); EDGE_PORT=$(port); METRICS_PORT=$(port)
+# A free port on the given loopback address.
+port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+CONTROL_PORT=$(port 127.0.0.1)
 export PORTICO_ADMIN_KEY=scale-admin-key-0123456789
 export PORTICO_EDGE_TOKEN=scale-edge-token-0123456789
+export PORTICO_QUOTA_SANDBOXES=$((PER_TENANT + CHANGES * 20 + 1000))
 CONTROL=http://127.0.0.1:$CONTROL_PORT
 
 start_control() {
   "$PORTICO" control --listen "127.0.0.1:$CONTROL_PORT" --database "sqlite://$WORK/portico.db?mode=rwc" \
     --upstream-allow 127.0.0.0/8 >>"$WORK/control.log" 2>&1 &
   CONTROL_PID=$!; PIDS+=("$CONTROL_PID")
-  for _ in $(seq 100); do curl -fs -o /dev/null "$CONTROL/v1/tenants" -H "authorization: Bearer $PORTICO_ADMIN_KEY" && return; sleep 0.1; done
+  for _ in $(seq 300); do curl -fs -o /dev/null "$CONTROL/v1/tenants" -H "authorization: Bearer $PORTICO_ADMIN_KEY" && return; sleep 0.1; done
   echo "control did not start; see $WORK/control.log" >&2; exit 1
 }
 
+# Edge i (1..10) listens on 127.0.0.(10+i) with its own state dir.
+EDGE_ADDR=(); EDGE_PID=()
+for ((i = 1; i <= EDGES; i++)); do
+  EDGE_ADDR[i]="127.0.0.$((10 + i)):$(port "127.0.0.$((10 + i))")"
+done
 start_edge() {
-  "$PORTICO" edge --control-url "$CONTROL" --http "127.0.0.1:$EDGE_PORT" --metrics "127.0.0.1:$METRICS_PORT" \
-    --state-dir "$WORK/edge" >>"$WORK/edge.log" 2>&1 &
-  EDGE_PID=$!; PIDS+=("$EDGE_PID")
+  local i=$1 ip=127.0.0.$((10 + $1))
+  "$PORTICO" edge --control-url "$CONTROL" --http "${EDGE_ADDR[i]}" --metrics "$ip:$(port "$ip")" \
+    --state-dir "$WORK/edge$i" >>"$WORK/edge$i.log" 2>&1 &
+  EDGE_PID[i]=$!; PIDS+=("$!")
 }
-
-stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-
-# Seconds until the edge routes `host` (anything but 404 and no answer: 502, nothing listens there).
-until_routed() {
-  local host=$1 start; start=$(date +%s.%N)
-  for _ in $(seq 6000); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' -H "host: $host" "http://127.0.0.1:$EDGE_PORT/" || true)
-    if [[ $code != 000 && $code != 404 ]]; then
-      python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')"; return
-    fi
-    sleep 0.05
-  done
-  echo "timeout"
-}
+edges_list() { local IFS=,; echo "${EDGE_ADDR[*]:1:$1}"; }
 
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+per_sandbox() { python3 -c "print(f'{($1 - $IDLE_RSS) * 1048576 / $N:.0f}')"; }
+REPORT=()
+report() { REPORT+=("$(printf '%-52s %s' "$1" "$2")"); printf '%-52s %s\n' "$1" "$2"; }
 
 start_control
-TENANT=$(curl -fsS "$CONTROL/v1/tenants" -H "authorization: Bearer $PORTICO_ADMIN_KEY" \
-  -H 'content-type: application/json' -d '{"name":"scale"}')
-KEY=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["api_key"])' "$TENANT")
 
 # An idle edge: what memory it takes with nothing to route.
-start_edge; sleep 3; IDLE_RSS=$(rss_mib "$EDGE_PID"); stop "$EDGE_PID"; rm -rf "$WORK/edge"
+start_edge 1; sleep 3; IDLE_RSS=$(rss_mib "${EDGE_PID[1]}"); stop "${EDGE_PID[1]}"; rm -rf "$WORK/edge1"
+report "edge idle, resident" "${IDLE_RSS} MiB"
 
-echo "seeding $N sandboxes ($PARALLEL requests at a time)..."
-SEED_START=$(date +%s)
-mkdir -p "$WORK/batches"
-for ((b = 0; b < N; b += BATCH)); do
-  f="$WORK/batches/$b.curl"
-  for ((i = b; i < b + BATCH && i < N; i++)); do
-    printf 'url = "%s/v1/sandboxes"\nheader = "authorization: Bearer %s"\nheader = "content-type: application/json"\ndata = "{\\"address\\":\\"127.0.0.1\\",\\"default_visibility\\":\\"public\\",\\"preview_auth\\":{\\"token\\":\\"auto\\"}}"\noutput = "/dev/null"\nnext\n' \
-      "$CONTROL" "$KEY"
-  done | sed '$d' >"$f" # no `next` after the last request
-done
-ls "$WORK"/batches/*.curl | xargs -P 4 -n 1 sh -c 'curl -sS --no-progress-meter --parallel --parallel-max "$0" -K "$1" >/dev/null' "$((PARALLEL / 4))"
-PROBE=$(curl -fsS "$CONTROL/v1/sandboxes" -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
-  -d '{"address":"127.0.0.1","default_visibility":"public"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-SEED_SECS=$(($(date +%s) - SEED_START))
+if [[ -n ${SEEDED:-} && -s $SEEDED/portico.db ]]; then
+  # A database seeded by an earlier run: the same state, without the wait.
+  stop "$CONTROL_PID"
+  cp "$SEEDED"/portico.db "$WORK/"; read -r KEY PROBE <"$SEEDED/probe"
+  start_control
+  report "sandboxes seeded" "$N (reused from $SEEDED)"
+else
+  echo "seeding $N sandboxes, $PER_TENANT per tenant ($PARALLEL requests at a time)..."
+  SEED_START=$(date +%s)
+  mkdir -p "$WORK/batches"
+  for ((b = 0; b < N; b += PER_TENANT)); do
+    key=$(curl -fsS "$CONTROL/v1/tenants" -H "authorization: Bearer $PORTICO_ADMIN_KEY" \
+      -H 'content-type: application/json' -d "{\"name\":\"scale-$b\"}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+    for ((i = b; i < b + PER_TENANT && i < N; i++)); do
+      printf 'url = "%s/v1/sandboxes"\nheader = "authorization: Bearer %s"\nheader = "content-type: application/json"\ndata = "{\\"address\\":\\"127.0.0.1\\",\\"default_visibility\\":\\"public\\",\\"preview_auth\\":{\\"token\\":\\"auto\\"}}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nnext\n' \
+        "$CONTROL" "$key"
+    done | sed '$d' >"$WORK/batches/$b.curl" # no `next` after the last request
+    KEY=$key
+  done
+  ls "$WORK"/batches/*.curl | xargs -P 4 -n 1 sh -c 'curl -sS --no-progress-meter --parallel --parallel-max "$0" -K "$1"' "$((PARALLEL / 4))" |
+    sort | uniq -c >"$WORK/seed-status"
+  grep -qv ' 201$' "$WORK/seed-status" && { echo "seeding: not every answer was 201:" >&2; cat "$WORK/seed-status" >&2; exit 1; }
+  PROBE=$(curl -fsS "$CONTROL/v1/sandboxes" -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
+    -d '{"address":"127.0.0.1","default_visibility":"public"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  report "sandboxes seeded" "$N (in $(($(date +%s) - SEED_START)) s)"
+  if [[ -n ${SEEDED:-} ]]; then
+    mkdir -p "$SEEDED"; curl -fsS -o /dev/null "$CONTROL/v1/tenants" -H "authorization: Bearer $PORTICO_ADMIN_KEY"
+    sqlite3 "$WORK/portico.db" ".backup '$SEEDED/portico.db'" 2>/dev/null || cp "$WORK/portico.db" "$SEEDED/"
+    echo "$KEY $PROBE" >"$SEEDED/probe"
+  fi
+fi
 HOST="1-$PROBE.sandbox.localhost"
 
-start_edge
-FROM_CONTROL=$(until_routed "$HOST"); sleep 2; CONTROL_RSS=$(rss_mib "$EDGE_PID")
+echo "--- one edge"
+start_edge 1
+FROM_CONTROL=$(python3 "$PROBE_PY" routed --edges "$(edges_list 1)" --host "$HOST" | cut -d' ' -f2)
+report "cold start from control, until routed" "${FROM_CONTROL} s"
+sleep 2; RSS=$(rss_mib "${EDGE_PID[1]}")
+report "  resident / over idle per sandbox" "${RSS} MiB / $(per_sandbox "$RSS") B"
+python3 "$PROBE_PY" propagation --control "$CONTROL" --key "$KEY" --edges "$(edges_list 1)" \
+  --changes "$CHANGES" --rate "$RATE" | tee "$WORK/prop1"
+report "propagation, 1 edge (p50 / max)" "$(awk '/^all edges/ {print $5 " / " $9 " ms"}' "$WORK/prop1")"
 # Let it write its state dir, then stop it and control.
-for _ in $(seq 200); do [[ -s $WORK/edge/snapshot.json ]] && break; sleep 0.1; done
+for _ in $(seq 600); do [[ -s $WORK/edge1/snapshot.json ]] && break; sleep 0.1; done
 sleep 2
-stop "$EDGE_PID"; stop "$CONTROL_PID"
-STATE_MIB=$(du -sm "$WORK/edge" | cut -f1)
+stop "${EDGE_PID[1]}"; stop "$CONTROL_PID"
+report "state dir size" "$(du -sm "$WORK/edge1" | cut -f1) MiB"
 
-start_edge
-FROM_DIR=$(until_routed "$HOST"); sleep 2; DIR_RSS=$(rss_mib "$EDGE_PID")
-stop "$EDGE_PID"
+start_edge 1
+FROM_DIR=$(python3 "$PROBE_PY" routed --edges "$(edges_list 1)" --host "$HOST" | cut -d' ' -f2)
+report "cold start from state dir (control down)" "${FROM_DIR} s"
+sleep 2; RSS=$(rss_mib "${EDGE_PID[1]}")
+report "  resident / over idle per sandbox" "${RSS} MiB / $(per_sandbox "$RSS") B"
+stop "${EDGE_PID[1]}"
 
-per() { python3 -c "print(f'{($1 - $IDLE_RSS) * 1048576 / $N:.0f}')"; }
-printf '\n%-44s %s\n' "sandboxes seeded" "$N (in ${SEED_SECS}s)"
-printf '%-44s %s\n' "edge idle, resident" "${IDLE_RSS} MiB"
-printf '%-44s %s\n' "cold start from control, until routed" "${FROM_CONTROL} s"
-printf '%-44s %s\n' "  resident / over idle per sandbox" "${CONTROL_RSS} MiB / $(per "$CONTROL_RSS") B"
-printf '%-44s %s\n' "cold start from state dir (control down)" "${FROM_DIR} s"
-printf '%-44s %s\n' "  resident / over idle per sandbox" "${DIR_RSS} MiB / $(per "$DIR_RSS") B"
-printf '%-44s %s\n' "state dir size" "${STATE_MIB} MiB"
+if ((EDGES > 1)); then
+  echo "--- $EDGES edges on one control"
+  start_control
+  sleep 1
+  echo 5 >"/proc/$CONTROL_PID/clear_refs" # restart control's peak resident memory from here
+  CONTROL_BEFORE=$(rss_mib "$CONTROL_PID")
+  rm -rf "$WORK"/edge*/
+  for ((i = 1; i <= EDGES; i++)); do start_edge "$i"; done
+  python3 "$PROBE_PY" routed --edges "$(edges_list "$EDGES")" --host "$HOST" | tee "$WORK/cold10"
+  report "$EDGES cold starts at once from control, until all route" "$(sort -k2 -n "$WORK/cold10" | tail -1 | cut -d' ' -f2) s"
+  report "  control resident before / peak while serving" "${CONTROL_BEFORE} MiB / $(hwm_mib "$CONTROL_PID") MiB"
+  sleep 2
+  MAX_RSS=0
+  for ((i = 1; i <= EDGES; i++)); do r=$(rss_mib "${EDGE_PID[i]}"); ((r > MAX_RSS)) && MAX_RSS=$r; done
+  report "  largest edge resident / over idle per sandbox" "${MAX_RSS} MiB / $(per_sandbox "$MAX_RSS") B"
+  python3 "$PROBE_PY" propagation --control "$CONTROL" --key "$KEY" --edges "$(edges_list "$EDGES")" \
+    --changes "$CHANGES" --rate "$RATE" | tee "$WORK/prop10"
+  report "propagation, $EDGES edges (worst p50 / worst max)" "$(awk '/^all edges/ {print $5 " / " $9 " ms"}' "$WORK/prop10")"
+fi
+
+echo
+printf '%s\n' "${REPORT[@]}"
