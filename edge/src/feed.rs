@@ -141,6 +141,9 @@ impl FeedClient {
         if let Some((next, saved)) = next {
             tracing::debug!(version = next.version, "routing state updated");
             self.state.store(next);
+            if matches!(saved, Saved::Full) {
+                crate::memory::release_freed();
+            }
             if let Some(tx) = &self.saved {
                 // The writer stops only with the process.
                 let _ = tx.send(saved);

@@ -12,6 +12,7 @@ pub mod error;
 pub mod feed;
 pub mod headers;
 pub mod lookup;
+pub mod memory;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
@@ -109,6 +110,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
                 );
                 state.store(snapshot);
                 state.set_synced_at(saved_at);
+                memory::release_freed();
             }
             Ok(None) => {}
             Err(source) => return Err(StartError::State { dir: dir.clone(), source }),
