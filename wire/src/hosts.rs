@@ -268,11 +268,12 @@ fn match_label<'h>(tokens: &[Token], label: &'h str, values: &mut [Option<&'h st
             // one, the value ends at that character's first occurrence or nowhere.
             let only_end = match rest.first() {
                 None => Some(label.len()),
-                Some(Token::Literal(lit)) => match lit.bytes().next().filter(|c| !p.may_contain(*c)) {
-                    // No such character: an empty value, which no placeholder accepts.
-                    Some(stop) => Some(label.bytes().position(|b| b == stop).unwrap_or(0)),
-                    None => None,
-                },
+                // No such character in the label: an empty value, which no placeholder accepts.
+                Some(Token::Literal(lit)) => lit
+                    .bytes()
+                    .next()
+                    .filter(|c| !p.may_contain(*c))
+                    .map(|stop| label.bytes().position(|b| b == stop).unwrap_or(0)),
                 Some(Token::Value(_)) => None,
             };
             if let Some(end) = only_end {
