@@ -228,21 +228,13 @@ impl<'a> Ours<'a> {
             }
         }
         for name in HEADERS {
-            req.remove_header(name);
+            if req.headers.contains_key(name) {
+                req.remove_header(name);
+            }
         }
         // Every `Referer`: a client may send two, and the second must not carry what the first does not.
-        let referers: Vec<String> = req
-            .headers
-            .get_all(http::header::REFERER)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
-        let clean: Vec<String> = referers.iter().map(|r| self.clean_url(r)).collect();
-        if clean != referers {
-            req.remove_header(&http::header::REFERER);
-            for referer in clean {
-                req.append_header(http::header::REFERER, referer)?;
-            }
+        if req.headers.contains_key(http::header::REFERER) {
+            self.strip_referers(req)?;
         }
         // Every `Authorization`: one of our formats in a second header must not pass either.
         let ours =
@@ -256,6 +248,23 @@ impl<'a> Ours<'a> {
             req.remove_header(&http::header::COOKIE);
             if !kept.is_empty() {
                 req.insert_header(http::header::COOKIE, kept.join("; "))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn strip_referers(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        let referers: Vec<String> = req
+            .headers
+            .get_all(http::header::REFERER)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        let clean: Vec<String> = referers.iter().map(|r| self.clean_url(r)).collect();
+        if clean != referers {
+            req.remove_header(&http::header::REFERER);
+            for referer in clean {
+                req.append_header(http::header::REFERER, referer)?;
             }
         }
         Ok(())

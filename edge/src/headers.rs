@@ -35,6 +35,12 @@ pub fn merge_csp_list(upstream: &str, frame_ancestors: &str) -> String {
 /// Sets the tenant's `frame-ancestors` on a proxied response and drops `X-Frame-Options`, which would
 /// otherwise block the embedding the tenant allowed.
 pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &str) -> pingora::Result<()> {
+    // The usual case, a response with neither header: nothing to merge or remove.
+    if !resp.headers.contains_key(http::header::CONTENT_SECURITY_POLICY)
+        && !resp.headers.contains_key(http::header::X_FRAME_OPTIONS)
+    {
+        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors);
+    }
     let existing: Vec<String> = resp
         .headers
         .get_all(http::header::CONTENT_SECURITY_POLICY)
@@ -55,6 +61,9 @@ pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &str) -> p
 /// A sandbox's cookies stay on its own host: `Domain` is dropped (so one sandbox cannot set cookies for
 /// its siblings under the preview domain), and a cookie named like the edge's session is not set at all.
 pub fn sanitize_set_cookies(resp: &mut ResponseHeader, session_cookie: &str) -> pingora::Result<()> {
+    if !resp.headers.contains_key(http::header::SET_COOKIE) {
+        return Ok(());
+    }
     let existing: Vec<Vec<u8>> =
         resp.headers.get_all(http::header::SET_COOKIE).iter().map(|v| v.as_bytes().to_vec()).collect();
     if existing.is_empty() {
@@ -104,7 +113,9 @@ pub fn add_forwarded(
     host: &str,
 ) -> pingora::Result<()> {
     for name in CLIENT_FORWARDING {
-        req.remove_header(name);
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
     }
     req.insert_header("x-forwarded-for", client_ip)?;
     req.insert_header("x-forwarded-proto", proto)?;

@@ -351,8 +351,8 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
         let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let host = request_host(session.req_header()).unwrap_or_default().to_string();
-        headers::add_forwarded(req, &client_ip, self.scheme, &host)?;
+        let host = request_host(session.req_header()).unwrap_or_default();
+        headers::add_forwarded(req, &client_ip, self.scheme, host)?;
         req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())

@@ -86,7 +86,15 @@ pub fn verify_preview_token<'k>(
 
 /// Hex SHA-256: how hashed credentials and API keys are stored and compared.
 pub fn sha256_hex(secret: &str) -> String {
-    digest(&SHA256, secret.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    // On every request with a hashed credential: one allocation, not one formatted string per byte.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = digest(&SHA256, secret.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in hash.as_ref() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// base64url without padding, the encoding of keys and random tokens.
