@@ -172,6 +172,11 @@ struct ControlArgs {
     /// Host name that tenant preview domains must CNAME to.
     #[arg(long, env = "PORTICO_CNAME_TARGET", default_value = "edge.portico.localhost")]
     cname_target: String,
+    /// Versions the snapshot served to starting edges may lag behind the database before control
+    /// rebuilds it; a starting edge catches up through the changes after it. 0: always rebuilt when
+    /// behind (costs seconds per cold start at a million sandboxes while changes flow).
+    #[arg(long, env = "PORTICO_FEED_SNAPSHOT_LAG", default_value_t = 2_000, value_name = "VERSIONS")]
+    feed_snapshot_lag: u64,
     #[command(flatten)]
     wake: WakeArgs,
     #[command(flatten)]
@@ -501,6 +506,7 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         upstream_allow: upstream_allow(&a.upstream, a.upstream_extra)?,
         quotas: a.quotas.quotas(),
         acme_orders_per_hour: a.acme.acme_orders_per_hour,
+        snapshot_max_behind: a.feed_snapshot_lag,
     })
 }
 

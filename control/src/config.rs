@@ -45,6 +45,9 @@ pub struct ControlConfig {
     pub quotas: crate::Quotas,
     /// ACME orders each tenant may cause per hour (`--acme-orders-per-hour`).
     pub acme_orders_per_hour: u32,
+    /// How many versions the snapshot served to starting edges may lag behind the database before it is
+    /// rebuilt (`--feed-snapshot-lag`); the edge catches up through the changes after it.
+    pub snapshot_max_behind: u64,
 }
 
 /// Start-up failures, each saying what to fix.

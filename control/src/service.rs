@@ -99,8 +99,8 @@ impl Control {
             dns: dns::Dns::new(config.dns_resolver),
             templates,
             shutdown: watch::channel(false).0,
+            snapshots: feed::snapshots::Snapshots::new(config.snapshot_max_behind),
             // PBKDF2 is CPU-bound and runs on the blocking pool: no more at once than there are cores.
-            snapshots: Default::default(),
             guessing: guessing::Guessing::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),

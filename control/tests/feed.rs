@@ -83,6 +83,25 @@ async fn long_poll_wakes_on_a_change() {
 }
 
 #[tokio::test]
+async fn a_lagging_snapshot_is_caught_up_by_the_changes_after_it() {
+    let h = Harness::with(|c| c.snapshot_max_behind = 2_000).await;
+    let (_, key) = h.tenant("Acme").await;
+    let FeedMessage::Snapshot { snapshot: first } = h.feed(0, 0).await else { panic!("snapshot") };
+    h.sandbox(&key, json!({"id": "late1234", "address": "10.0.0.2"})).await;
+    // The next starting edge gets the same (now lagging) snapshot, without a rebuild...
+    let FeedMessage::Snapshot { snapshot } = h.feed(0, 0).await else { panic!("snapshot") };
+    assert_eq!(snapshot.version, first.version);
+    assert!(snapshot.sandboxes.is_empty());
+    // ...and the changes after its version bring it to the database's.
+    let FeedMessage::Changes { version, changes } = h.feed(snapshot.version, 0).await else {
+        panic!("changes")
+    };
+    // (The tenant's creation may be among them too: control builds a snapshot as it starts.)
+    assert!(matches!(changes.last(), Some(Change::UpsertSandbox { sandbox }) if sandbox.id == "late1234"));
+    assert_eq!(h.feed(version, 0).await, FeedMessage::Changes { version, changes: vec![] });
+}
+
+#[tokio::test]
 async fn since_ahead_of_the_database_gets_a_snapshot() {
     let h = Harness::new().await;
     let current = version(&h.feed(0, 0).await);

@@ -8,7 +8,7 @@
 //!
 //! A build costs seconds at a million sandboxes, and while changes flow the database's version moves on
 //! every few milliseconds: rebuilding whenever the cache is behind meant every cold start paid a whole
-//! build. The cached snapshot is served while it is at most [`MAX_BEHIND`] versions old and the changes
+//! build. The cached snapshot is served while it is at most `max_behind` versions old and the changes
 //! after it are still retained: the edge asks for those next (`since` = the snapshot's version), as it
 //! would for any change, and is current a round trip later. Control builds one as it starts, so the first
 //! edges after a restart do not wait for it either.
@@ -27,23 +27,26 @@ use crate::error::{ApiError, ApiResult};
 const LEVEL: flate2::Compression = flate2::Compression::fast();
 /// An inflated snapshot larger than this is refused rather than buffered (for edges without gzip).
 const MAX_INFLATED: u64 = 4 << 30;
-/// How many versions the served snapshot may lag behind the database: a few seconds of a busy platform,
-/// caught up by the edge's next poll or two (an answer holds up to 5,000 rows).
-pub(crate) const MAX_BEHIND: u64 = 2_000;
-
-#[derive(Default)]
 pub struct Snapshots {
     latest: Mutex<Option<(u64, Bytes)>>,
+    /// How many versions the served snapshot may lag behind the database (`--feed-snapshot-lag`, 2,000 by
+    /// default: a few seconds of a busy platform, caught up by the edge's next poll or two, as an answer
+    /// holds up to 5,000 rows).
+    max_behind: u64,
 }
 
 impl Snapshots {
+    pub fn new(max_behind: u64) -> Snapshots {
+        Snapshots { latest: Mutex::new(None), max_behind }
+    }
+
     /// The gzip-compressed `FeedMessage::Snapshot` at the database's current version.
     pub async fn latest(&self, pool: &AnyPool) -> ApiResult<Bytes> {
         let mut latest = self.latest.lock().await;
         let current = current_version(pool).await?;
         if let Some((version, gzip)) = latest.as_ref() {
             if *version >= current
-                || (current - *version <= MAX_BEHIND && changes_retained_after(pool, *version).await?)
+                || (current - *version <= self.max_behind && changes_retained_after(pool, *version).await?)
             {
                 return Ok(gzip.clone());
             }

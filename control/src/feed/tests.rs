@@ -92,11 +92,14 @@ async fn pool_with_recent() -> AnyPool {
     pool
 }
 
+/// Control's default `--feed-snapshot-lag`.
+const MAX_BEHIND: u64 = 2_000;
+
 #[tokio::test]
 async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
     let pool = pool().await;
     add_changes(&pool, &[(3, "gone")], now_ms()).await;
-    let snapshots = snapshots::Snapshots::default();
+    let snapshots = snapshots::Snapshots::new(MAX_BEHIND);
     let (a, b) = tokio::join!(snapshots.latest(&pool), snapshots.latest(&pool));
     let (a, b) = (a.expect("first"), b.expect("second"));
     assert_eq!(a.as_ptr(), b.as_ptr(), "one build, shared");
@@ -109,7 +112,7 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
     let c = snapshots.latest(&pool).await.expect("after a change");
     assert_eq!(c.as_ptr(), a.as_ptr(), "a recent snapshot is reused");
     // Too far behind: rebuilt.
-    let far = 4 + snapshots::MAX_BEHIND as i64 + 1;
+    let far = 4 + MAX_BEHIND as i64 + 1;
     add_changes(&pool, &[(far, "gone3")], now_ms()).await;
     let d = snapshots.latest(&pool).await.expect("far behind");
     let parsed: FeedMessage =
@@ -124,7 +127,7 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
 async fn a_snapshot_whose_following_changes_were_pruned_is_rebuilt() {
     let pool = pool().await;
     add_changes(&pool, &[(3, "a")], now_ms()).await;
-    let snapshots = snapshots::Snapshots::default();
+    let snapshots = snapshots::Snapshots::new(MAX_BEHIND);
     let a = snapshots.latest(&pool).await.expect("first");
     // Version 4 is gone from the change log: an edge at 3 could not catch up from it.
     add_changes(&pool, &[(5, "b")], now_ms()).await;

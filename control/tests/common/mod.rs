@@ -41,6 +41,8 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         dns_resolver: None,
         quotas: Default::default(),
         acme_orders_per_hour: 20,
+        // Every snapshot current, so tests read the state from it; tests/feed.rs covers a lagging one.
+        snapshot_max_behind: 0,
     }
 }
 
