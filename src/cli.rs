@@ -175,7 +175,7 @@ struct ControlArgs {
     /// Versions the snapshot served to starting edges may lag behind the database before control
     /// rebuilds it; a starting edge catches up through the changes after it. 0: always rebuilt when
     /// behind (costs seconds per cold start at a million sandboxes while changes flow).
-    #[arg(long, env = "PORTICO_FEED_SNAPSHOT_LAG", default_value_t = 2_000, value_name = "VERSIONS")]
+    #[arg(long, env = "PORTICO_FEED_SNAPSHOT_LAG", default_value_t = FEED_SNAPSHOT_LAG, value_name = "VERSIONS")]
     feed_snapshot_lag: u64,
     #[command(flatten)]
     wake: WakeArgs,
@@ -195,6 +195,9 @@ struct ControlArgs {
     #[command(flatten)]
     common: Common,
 }
+
+/// `--feed-snapshot-lag`: a few seconds of a busy platform, caught up by a starting edge's next poll or two.
+const FEED_SNAPSHOT_LAG: u64 = 2_000;
 
 /// Limits on static release archives (`control` and `up`).
 #[derive(Args, Debug, Clone)]
@@ -591,6 +594,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         public_port: None,
         default_embed_port: a.default_embed_port,
         cname_target: "edge.portico.localhost".into(),
+        feed_snapshot_lag: FEED_SNAPSHOT_LAG,
         wake: a.wake,
         acme: a.acme,
         upstream: a.upstream,
