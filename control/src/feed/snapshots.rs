@@ -51,12 +51,22 @@ impl Snapshots {
                 return Ok(gzip.clone());
             }
         }
+        let started = std::time::Instant::now();
         let snapshot = super::current_snapshot(pool).await?;
         let version = snapshot.version;
+        let sandboxes = snapshot.sandboxes.len();
         let message = FeedMessage::Snapshot { snapshot };
         let gzip = tokio::task::spawn_blocking(move || compress(&message))
             .await
             .map_err(|e| ApiError::Internal(format!("compressing the snapshot: {e}")))??;
+        // Seconds at a million sandboxes, and starting edges wait for it: operators should see what it costs.
+        tracing::info!(
+            version,
+            sandboxes,
+            bytes = gzip.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "feed snapshot built"
+        );
         *latest = Some((version, gzip.clone()));
         Ok(gzip)
     }
