@@ -175,7 +175,8 @@ struct ControlArgs {
     /// Versions the snapshot served to starting edges may lag behind the database before control
     /// rebuilds it; a starting edge catches up through the changes after it. 0: always rebuilt when
     /// behind (costs seconds per cold start at a million sandboxes while changes flow).
-    #[arg(long, env = "PORTICO_FEED_SNAPSHOT_LAG", default_value_t = FEED_SNAPSHOT_LAG, value_name = "VERSIONS")]
+    #[arg(long, env = "PORTICO_FEED_SNAPSHOT_LAG", value_name = "VERSIONS",
+          default_value_t = portico_control::DEFAULT_FEED_SNAPSHOT_LAG)]
     feed_snapshot_lag: u64,
     #[command(flatten)]
     wake: WakeArgs,
@@ -195,9 +196,6 @@ struct ControlArgs {
     #[command(flatten)]
     common: Common,
 }
-
-/// `--feed-snapshot-lag`: a few seconds of a busy platform, caught up by a starting edge's next poll or two.
-const FEED_SNAPSHOT_LAG: u64 = 2_000;
 
 /// Limits on static release archives (`control` and `up`).
 #[derive(Args, Debug, Clone)]
@@ -509,7 +507,7 @@ fn control_config(a: &ControlArgs, public_port: Option<u16>) -> anyhow::Result<C
         upstream_allow: upstream_allow(&a.upstream, a.upstream_extra)?,
         quotas: a.quotas.quotas(),
         acme_orders_per_hour: a.acme.acme_orders_per_hour,
-        snapshot_max_behind: a.feed_snapshot_lag,
+        feed_snapshot_lag: a.feed_snapshot_lag,
     })
 }
 
@@ -594,7 +592,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         public_port: None,
         default_embed_port: a.default_embed_port,
         cname_target: "edge.portico.localhost".into(),
-        feed_snapshot_lag: FEED_SNAPSHOT_LAG,
+        feed_snapshot_lag: portico_control::DEFAULT_FEED_SNAPSHOT_LAG,
         wake: a.wake,
         acme: a.acme,
         upstream: a.upstream,

@@ -47,7 +47,7 @@ pub struct ControlConfig {
     pub acme_orders_per_hour: u32,
     /// How many versions the snapshot served to starting edges may lag behind the database before it is
     /// rebuilt (`--feed-snapshot-lag`); the edge catches up through the changes after it.
-    pub snapshot_max_behind: u64,
+    pub feed_snapshot_lag: u64,
 }
 
 /// Start-up failures, each saying what to fix.

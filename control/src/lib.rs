@@ -25,6 +25,7 @@ mod wake;
 
 pub use config::{ControlConfig, ControlError};
 pub use error::ApiError;
+pub use feed::snapshots::DEFAULT_LAG as DEFAULT_FEED_SNAPSHOT_LAG;
 pub use quotas::Quotas;
 pub use releases::ReleaseLimits;
 pub use service::{check, check_wake_url, Control};

@@ -99,7 +99,7 @@ impl Control {
             dns: dns::Dns::new(config.dns_resolver),
             templates,
             shutdown: watch::channel(false).0,
-            snapshots: feed::snapshots::Snapshots::new(config.snapshot_max_behind),
+            snapshots: feed::snapshots::Snapshots::new(config.feed_snapshot_lag),
             // PBKDF2 is CPU-bound and runs on the blocking pool: no more at once than there are cores.
             guessing: guessing::Guessing::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),

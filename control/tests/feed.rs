@@ -84,7 +84,7 @@ async fn long_poll_wakes_on_a_change() {
 
 #[tokio::test]
 async fn a_lagging_snapshot_is_caught_up_by_the_changes_after_it() {
-    let h = Harness::with(|c| c.snapshot_max_behind = 2_000).await;
+    let h = Harness::with(|c| c.feed_snapshot_lag = portico_control::DEFAULT_FEED_SNAPSHOT_LAG).await;
     let (_, key) = h.tenant("Acme").await;
     let FeedMessage::Snapshot { snapshot: first } = h.feed(0, 0).await else { panic!("snapshot") };
     h.sandbox(&key, json!({"id": "late1234", "address": "10.0.0.2"})).await;

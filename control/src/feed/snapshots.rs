@@ -27,11 +27,13 @@ use crate::error::{ApiError, ApiResult};
 const LEVEL: flate2::Compression = flate2::Compression::fast();
 /// An inflated snapshot larger than this is refused rather than buffered (for edges without gzip).
 const MAX_INFLATED: u64 = 4 << 30;
+/// The default `--feed-snapshot-lag`: a few seconds of a busy platform, caught up by the edge's next poll
+/// or two (an answer holds up to 5,000 rows).
+pub const DEFAULT_LAG: u64 = 2_000;
+
 pub struct Snapshots {
     latest: Mutex<Option<(u64, Bytes)>>,
-    /// How many versions the served snapshot may lag behind the database (`--feed-snapshot-lag`, 2,000 by
-    /// default: a few seconds of a busy platform, caught up by the edge's next poll or two, as an answer
-    /// holds up to 5,000 rows).
+    /// How many versions the served snapshot may lag behind the database (`--feed-snapshot-lag`).
     max_behind: u64,
 }
 

@@ -92,8 +92,7 @@ async fn pool_with_recent() -> AnyPool {
     pool
 }
 
-/// Control's default `--feed-snapshot-lag`.
-const MAX_BEHIND: u64 = 2_000;
+const MAX_BEHIND: u64 = snapshots::DEFAULT_LAG;
 
 #[tokio::test]
 async fn edges_starting_together_share_one_compressed_snapshot_per_version() {

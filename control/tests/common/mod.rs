@@ -42,7 +42,7 @@ pub fn config(dir: &std::path::Path) -> ControlConfig {
         quotas: Default::default(),
         acme_orders_per_hour: 20,
         // Every snapshot current, so tests read the state from it; tests/feed.rs covers a lagging one.
-        snapshot_max_behind: 0,
+        feed_snapshot_lag: 0,
     }
 }
 
