@@ -54,9 +54,9 @@ fn id(prefix: char, i: usize) -> String {
 
 fn sandbox(i: usize, address: String) -> Sandbox {
     Sandbox {
-        id: id('s', i),
-        tenant_id: format!("tn_{}", i % 100),
-        address,
+        id: id('s', i).into(),
+        tenant_id: format!("tn_{}", i % 100).into(),
+        address: address.into(),
         state: SandboxState::Running,
         default_visibility: Visibility::Public,
         wake_policy: WakePolicy::OnRequest,

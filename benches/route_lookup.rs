@@ -3,6 +3,10 @@
 
 use std::hint::black_box;
 
+/// The allocator the edge runs on (`src/main.rs`): where records land in memory is part of a lookup's cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_edge::route::resolve;
 use portico_edge::state::Snapshot;
@@ -28,9 +32,9 @@ fn wire_snapshot() -> wire::Snapshot {
         .collect();
     let sandboxes = (0..SANDBOXES)
         .map(|i| Sandbox {
-            id: id('s', i),
-            tenant_id: format!("tn_{}", i % 100),
-            address: format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
+            id: id('s', i).into(),
+            tenant_id: format!("tn_{}", i % 100).into(),
+            address: format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255).into(),
             state: SandboxState::Running,
             default_visibility: Visibility::Private,
             wake_policy: WakePolicy::OnRequest,

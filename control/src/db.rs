@@ -327,9 +327,9 @@ pub struct SandboxRow {
 impl SandboxRow {
     pub fn to_wire(&self) -> ApiResult<wire::Sandbox> {
         Ok(wire::Sandbox {
-            id: self.id.clone(),
-            tenant_id: self.tenant_id.clone(),
-            address: self.address.clone(),
+            id: self.id.as_str().into(),
+            tenant_id: self.tenant_id.as_str().into(),
+            address: self.address.as_str().into(),
             state: enum_parse("state", &self.state)?,
             default_visibility: enum_parse("default_visibility", &self.default_visibility)?,
             wake_policy: enum_parse("wake_policy", &self.wake_policy)?,

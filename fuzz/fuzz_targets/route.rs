@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(route) = &result {
         let owner = match &route.target {
-            Target::Sandbox { sandbox, .. } => &sandbox.tenant_id,
-            Target::Deployment(d) => &d.tenant_id,
+            Target::Sandbox { sandbox, .. } => sandbox.tenant_id.as_str(),
+            Target::Deployment(d) => d.tenant_id.as_str(),
         };
         assert_eq!(&route.tenant.tenant.id, owner, "{host:?} routed across tenants");
     }
