@@ -33,7 +33,8 @@ struct Seen {
 /// Activity per sandbox.
 #[derive(Default)]
 pub struct Activity {
-    seen: papaya::HashMap<Arc<str>, Arc<Seen>>,
+    /// Keyed by sandbox ids from the snapshot, not by anything a client picks: foldhash, not SipHash.
+    seen: papaya::HashMap<Arc<str>, Arc<Seen>, foldhash::fast::RandomState>,
 }
 
 impl Activity {

@@ -4,6 +4,8 @@
 mod check;
 pub mod password;
 
+use std::borrow::Cow;
+
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::RequestHeader;
 
@@ -83,7 +85,7 @@ pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
     let mut out = Vec::new();
     let mut app_tokens = Vec::new();
     for (name, value) in query_pairs(req.uri.query().unwrap_or_default()) {
-        let token = decode(value);
+        let token = decode(value).into_owned();
         match name {
             "preview_token" => out.push(Credential { token, transport: Transport::Query }),
             "token" if has_our_prefix(&token) => out.push(Credential { token, transport: Transport::Query }),
@@ -102,7 +104,7 @@ pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
         out.push(Credential { token: token.to_string(), transport: Transport::Bearer });
     }
     for value in cookies(req).filter_map(|(n, v)| (n == SESSION_COOKIE).then_some(v)) {
-        out.push(Credential { token: decode(value), transport: Transport::Cookie });
+        out.push(Credential { token: decode(value).into_owned(), transport: Transport::Cookie });
     }
     out.append(&mut app_tokens);
     out.retain(|c| !c.token.is_empty());
@@ -243,11 +245,18 @@ impl<'a> Ours<'a> {
             req.remove_header(&http::header::AUTHORIZATION);
         }
         if cookies(req).any(|(n, _)| n == SESSION_COOKIE) {
-            let kept: Vec<String> =
-                cookies(req).filter(|(n, _)| *n != SESSION_COOKIE).map(|(n, v)| format!("{n}={v}")).collect();
+            let mut kept = String::new();
+            for (n, v) in cookies(req).filter(|(n, _)| *n != SESSION_COOKIE) {
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(n);
+                kept.push('=');
+                kept.push_str(v);
+            }
             req.remove_header(&http::header::COOKIE);
             if !kept.is_empty() {
-                req.insert_header(http::header::COOKIE, kept.join("; "))?;
+                req.insert_header(http::header::COOKIE, kept)?;
             }
         }
         Ok(())
@@ -299,8 +308,12 @@ fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|c| c.trim().split_once('='))
 }
 
-fn decode(s: &str) -> String {
-    percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
+/// A form-encoded value; borrowed when there is nothing to decode, as in every token control issues.
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned())
 }
 
 const COOKIE_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b',').add(b';').add(b'\\').add(b'%');

@@ -30,8 +30,12 @@ const KEEP_MINUTES_MS: u64 = 3 * 60_000;
 struct Subject {
     tenant: Arc<str>,
     kind: UsageSubject,
-    minutes: papaya::HashMap<u64, Arc<Counts>>,
+    minutes: papaya::HashMap<u64, Arc<Counts>, Hasher>,
 }
+
+/// Keys are sandbox and deployment ids from the snapshot and minutes, nothing a client picks: foldhash,
+/// not SipHash, on a map every request touches.
+type Hasher = foldhash::fast::RandomState;
 
 #[derive(Default)]
 struct Counts {
@@ -44,7 +48,7 @@ struct Counts {
 pub struct Usage {
     edge_id: String,
     seq: AtomicU64,
-    counts: papaya::HashMap<Arc<str>, Arc<Subject>>,
+    counts: papaya::HashMap<Arc<str>, Arc<Subject>, Hasher>,
     pending: Mutex<VecDeque<UsageBatch>>,
 }
 
@@ -56,7 +60,7 @@ impl Default for Usage {
         Self {
             edge_id: format!("edge-{}", hex::encode(raw)),
             seq: AtomicU64::new(0),
-            counts: papaya::HashMap::new(),
+            counts: papaya::HashMap::default(),
             pending: Mutex::default(),
         }
     }
@@ -76,7 +80,7 @@ impl Usage {
             Some(s) => s.clone(),
             None => counts
                 .get_or_insert_with(id.into(), || {
-                    Arc::new(Subject { tenant: tenant.into(), kind, minutes: papaya::HashMap::new() })
+                    Arc::new(Subject { tenant: tenant.into(), kind, minutes: papaya::HashMap::default() })
                 })
                 .clone(),
         };

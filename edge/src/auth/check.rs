@@ -30,13 +30,16 @@ const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 pub struct Authenticator {
     pub lookup: Lookup,
     pub sessions: Sessions,
-    verified: moka::sync::Cache<String, Arc<PreviewClaims>>,
+    /// Keyed by tokens whose signature verified: a client cannot choose keys that collide (foldhash).
+    verified: moka::sync::Cache<String, Arc<PreviewClaims>, foldhash::fast::RandomState>,
 }
 
 impl Authenticator {
     pub fn new(lookup: Lookup, sessions: Sessions) -> Self {
-        let verified =
-            moka::sync::Cache::builder().max_capacity(VERIFIED_TOKENS).time_to_live(VERIFIED_TTL).build();
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_TOKENS)
+            .time_to_live(VERIFIED_TTL)
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self { lookup, sessions, verified }
     }
 
