@@ -15,9 +15,15 @@
 #   header   a private one, `X-Portico-Preview-Token: <the sandbox's preview-auth token>`
 #   cookie   a private one, `Cookie: preview_session=<an mp_ preview token>`
 #   100k     the public preview, GET /big.bin (100 KB)
+#   ws       the public preview, a WebSocket to /ws (the origin nginx passes it to an echo server): 32-byte
+#            text messages, each connection sending the next when the echo of the last is back (benches/ws-echo)
 # The other proxies forward the same requests (header and cookie included) without checking anything.
 # Portico's tenant limits are raised so that the limiter runs on every request but never refuses.
-# WebSocket echo rates are not measured.
+# For ws, "req/s" is echo round trips per second and CPU is per round trip.
+#
+# On two cores or more the proxy under test runs alone on its own core (PROXY_CPU, default 1) and wrk, the
+# origin and control share another (LOAD_CPU, default 0): without that the scheduler moves the three
+# around and a proxy's CPU per request swings by a third from round to round. PIN=0 turns it off.
 #
 # Each round runs every path through every proxy, the proxy order rotating from round to round, with
 # `wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency`. Per proxy and path: the median over rounds of
@@ -36,13 +42,23 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
-PATHS=${PATHS:-public header cookie 100k}
+PATHS=${PATHS:-public header cookie 100k ws}
 OUT=${OUT:-}
 MINIMAL=${MINIMAL:-target/release/minimal-pingora}
+WS_ECHO=${WS_ECHO:-target/release/ws-echo}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  on_proxy_cpu=(taskset -c "$PROXY_CPU")
+  on_load_cpu=(taskset -c "$LOAD_CPU")
+else
+  on_proxy_cpu=()
+  on_load_cpu=()
+fi
 for tool in nginx haproxy wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx haproxy wrk curl)" >&2; exit 1; }
 done
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet -p portico -p minimal-pingora
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet -p portico -p minimal-pingora -p ws-echo
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -54,8 +70,10 @@ STOPPED=()
 stop() { # SIGINT: Pingora and nginx stop at once (SIGTERM would make Pingora wait out its grace period).
   local p
   for p in "$@"; do kill -INT "$p" 2>/dev/null || true; done
-  # HAProxy, started in the background of a script, inherits an ignored SIGINT: SIGTERM stops it at once.
-  [ -z "${PID[haproxy]:-}" ] || kill -TERM "${PID[haproxy]}" 2>/dev/null || true
+  # HAProxy and the echo server, started in the background of a script, inherit an ignored SIGINT:
+  # SIGTERM stops them at once.
+  local p2
+  for p2 in haproxy ws-echo; do [ -z "${PID[$p2]:-}" ] || kill -TERM "${PID[$p2]}" 2>/dev/null || true; done
   for p in "$@"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
@@ -92,8 +110,11 @@ EOF
   mkdir -p "$WORK/$1-tmp"
 }
 
-# The origin: one nginx worker on 127.0.0.2.
+# The origin: one nginx worker on 127.0.0.2, passing /ws to the WebSocket echo server.
 ORIGIN_PORT=$(port 127.0.0.2)
+WS_PORT=$(port 127.0.0.2)
+"${on_load_cpu[@]}" "$WS_ECHO" serve "127.0.0.2:$WS_PORT" >"$WORK/ws-echo.log" 2>&1 &
+PID[ws-echo]=$!
 mkdir -p "$WORK/site"
 chmod 755 "$WORK/site"
 echo 'hello from the origin: 33 bytes.' >"$WORK/site/small.txt"
@@ -102,24 +123,36 @@ chmod 644 "$WORK/site/"*
 { nginx_common origin; cat <<EOF
   sendfile on;
   types { text/plain txt; application/octet-stream bin; }
-  server { listen 127.0.0.2:$ORIGIN_PORT default_server; root $WORK/site; }
+  server {
+    listen 127.0.0.2:$ORIGIN_PORT default_server;
+    root $WORK/site;
+    location /ws {
+      proxy_pass http://127.0.0.2:$WS_PORT;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection upgrade;
+    }
+  }
 }
 EOF
 } >"$WORK/origin.conf"
-nginx -c "$WORK/origin.conf" -e "$WORK/origin-error.log"
+"${on_load_cpu[@]}" nginx -c "$WORK/origin.conf" -e "$WORK/origin-error.log"
 wait_http "http://127.0.0.2:$ORIGIN_PORT/small.txt"
 [ "$(curl -s "http://127.0.0.2:$ORIGIN_PORT/small.txt" | wc -c)" = 33 ]
 
 start_nginx() {
   PORT[nginx]=$(port)
   { nginx_common nginx; cat <<EOF
+  # A WebSocket's Upgrade goes on; any other request keeps the upstream connection alive.
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   upstream origin { server 127.0.0.2:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:${PORT[nginx]};
     location / {
       proxy_pass http://origin;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
       proxy_set_header Host \$host;
       # The 100 KB answer fits in memory: no temporary file.
       proxy_buffers 8 16k;
@@ -129,7 +162,7 @@ start_nginx() {
 }
 EOF
   } >"$WORK/nginx.conf"
-  nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
+  "${on_proxy_cpu[@]}" nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
   for _ in $(seq 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
   PID[nginx]=$(cat "$WORK/nginx.pid")
 }
@@ -146,6 +179,7 @@ defaults
   timeout connect 5s
   timeout client 60s
   timeout server 60s
+  timeout tunnel 60s
 frontend bench
   bind 127.0.0.1:${PORT[haproxy]}
   http-response set-header X-Proxy haproxy
@@ -154,13 +188,13 @@ backend origin
   http-reuse always
   server origin 127.0.0.2:$ORIGIN_PORT
 EOF
-  haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  "${on_proxy_cpu[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
   PID[haproxy]=$!
 }
 
 start_minimal() {
   PORT[minimal-pingora]=$(port)
-  "$MINIMAL" "127.0.0.1:${PORT[minimal-pingora]}" "127.0.0.2:$ORIGIN_PORT" 1 \
+  "${on_proxy_cpu[@]}" "$MINIMAL" "127.0.0.1:${PORT[minimal-pingora]}" "127.0.0.2:$ORIGIN_PORT" 1 \
     >"$WORK/minimal.log" 2>&1 &
   PID[minimal-pingora]=$!
 }
@@ -169,7 +203,7 @@ start_minimal() {
 export PORTICO_ADMIN_KEY=bench_admin_key_0123456789 PORTICO_EDGE_TOKEN=bench_edge_token_0123456789
 CONTROL_PORT=$(port)
 first_bin=${PORTICOS%% *}; first_bin=${first_bin#*=}; first_bin=${first_bin%%,*}
-RUST_LOG=error "$first_bin" control --listen "127.0.0.1:$CONTROL_PORT" --data-dir "$WORK/control" \
+RUST_LOG=error "${on_load_cpu[@]}" "$first_bin" control --listen "127.0.0.1:$CONTROL_PORT" --data-dir "$WORK/control" \
   --upstream-allow 127.0.0.0/8 >"$WORK/control.log" 2>&1 &
 PID[control]=$!
 wait_http "http://127.0.0.1:$CONTROL_PORT/healthz"
@@ -182,7 +216,7 @@ start_portico() { # label=BINARY[,ARG|NAME=VALUE]...
     if [[ $a == -* || $a != *=* ]]; then args+=("$a"); else env+=("$a"); fi
   done
   PORT[$label]=$(port)
-  env "${env[@]}" "$bin" edge --control-url "http://127.0.0.1:$CONTROL_PORT" --http "127.0.0.1:${PORT[$label]}" \
+  "${on_proxy_cpu[@]}" env "${env[@]}" "$bin" edge --control-url "http://127.0.0.1:$CONTROL_PORT" --http "127.0.0.1:${PORT[$label]}" \
     --metrics "127.0.0.1:$(port)" --state-dir "$WORK/edge-$label" --threads 1 "${args[@]}" \
     >"$WORK/edge-$label.log" 2>&1 &
   PID[$label]=$!
@@ -217,9 +251,9 @@ done
 
 # path → URL path, expected size, and the request's headers.
 declare -A URLPATH SIZE HDRS
-URLPATH=([public]=/small.txt [header]=/small.txt [cookie]=/small.txt [100k]=/big.bin)
+URLPATH=([public]=/small.txt [header]=/small.txt [cookie]=/small.txt [100k]=/big.bin [ws]=/ws)
 SIZE=([public]=33 [header]=33 [cookie]=33 [100k]=102400)
-HDRS=([public]="Host: $PUBLIC_HOST" [100k]="Host: $PUBLIC_HOST"
+HDRS=([public]="Host: $PUBLIC_HOST" [100k]="Host: $PUBLIC_HOST" [ws]="Host: $PUBLIC_HOST"
   [header]="Host: $PRIVATE_HOST|X-Portico-Preview-Token: $AUTH_TOKEN"
   [cookie]="Host: $PRIVATE_HOST|Cookie: preview_session=$MP_TOKEN")
 headers() { # $1 path, $2 the option (-H): one per header
@@ -231,6 +265,13 @@ headers() { # $1 path, $2 the option (-H): one per header
 # Every proxy answers every path with the origin's bytes before anything is measured.
 for proxy in $PROXIES; do
   for path in $PATHS; do
+    if [ "$path" = ws ]; then
+      out=$("$WS_ECHO" load "127.0.0.1:${PORT[$proxy]}" "$PUBLIC_HOST" /ws 4 1 32) ||
+        { echo "$proxy ws: $out" >&2; tail -20 "$WORK"/*"$proxy"*.log >&2 || true; exit 1; }
+      [ "$(awk '/^errors/ {print $2}' <<<"$out")" = 0 ] && [ "$(awk '/^messages/ {print $2}' <<<"$out")" -gt 0 ] ||
+        { echo "$proxy ws: no echo: $out" >&2; tail -20 "$WORK"/*"$proxy"*.log >&2 || true; exit 1; }
+      continue
+    fi
     mapfile -d '' hs < <(headers "$path" -H)
     url="http://127.0.0.1:${PORT[$proxy]}${URLPATH[$path]}"
     for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "${hs[@]}" "$url")" = 200 ] && break; sleep 0.1; done
@@ -271,14 +312,26 @@ for round in $(seq "$ROUNDS"); do
       url="http://127.0.0.1:${PORT[$proxy]}${URLPATH[$path]}"
       read -r -a pids <<<"$(pids_of "$proxy")"
       before=$(ticks "${pids[@]}")
-      out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${hs[@]}" "$url")
-      after=$(ticks "${pids[@]}")
-      requests=$(awk '/requests in/ {print $1}' <<<"$out")
-      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-      p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-      p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-      non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-      errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
+      if [ "$path" = ws ]; then
+        out=$("${on_load_cpu[@]}" "$WS_ECHO" load "127.0.0.1:${PORT[$proxy]}" "$PUBLIC_HOST" /ws \
+          "$CONNECTIONS" "${DURATION%s}" 32)
+        after=$(ticks "${pids[@]}")
+        requests=$(awk '/^messages/ {print $2}' <<<"$out")
+        rps=$(awk '/^rate/ {print $2}' <<<"$out")
+        p50=$(awk '/^p50_us/ {print $2 / 1000}' <<<"$out")
+        p99=$(awk '/^p99_us/ {print $2 / 1000}' <<<"$out")
+        non2xx=0
+        errors=$(awk '/^errors/ {print $2}' <<<"$out")
+      else
+        out=$("${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${hs[@]}" "$url")
+        after=$(ticks "${pids[@]}")
+        requests=$(awk '/requests in/ {print $1}' <<<"$out")
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+        p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+        non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+        errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
+      fi
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$proxy" "$requests" "$rps" "$p50" \
         "$p99" "$((after - before))" "${non2xx:-0}" "${errors:-0}" | tee -a "$RESULTS" >&2
     done

@@ -30,24 +30,34 @@ def main(path):
         | {"bad": sum(r["bad"] for r in v), "n": len(v)}
         for k, v in runs.items()
     }
+    # The same proxy's speed drifts from minute to minute on a shared machine; rows measured in the same
+    # round share that drift, so the median of per-round ratios is steadier than the ratio of medians.
+    paired = defaultdict(list)
+    for (p, proxy), v in runs.items():
+        base = runs.get((p, "minimal-pingora"))
+        if proxy.startswith("portico") and base:
+            paired[(p, proxy)] = statistics.median(
+                r["cpu"] / b["cpu"] for r, b in zip(v, base) if b["cpu"] == b["cpu"] and b["cpu"] > 0)
     rounds = max(m["n"] for m in med.values())
     print(f"Medians of {rounds} rounds. CPU = utime+stime of the proxy's processes per request (µs).")
-    print("Ratios: req/s and CPU of each Portico row over the minimal Pingora proxy and over nginx.\n")
+    print("Ratios: req/s and CPU of each Portico row over the minimal Pingora proxy and over nginx;")
+    print("\"paired\": the median over rounds of the ratio within each round.\n")
     print("| path | proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ min | req/s ÷ nginx "
-          "| CPU ÷ min | CPU ÷ nginx | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| CPU ÷ min | CPU ÷ min, paired | CPU ÷ nginx | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in paths:
         base_min, base_ngx = med.get((p, "minimal-pingora")), med.get((p, "nginx"))
         for proxy in proxies:
             m = med.get((p, proxy))
             if not m:
                 continue
-            ratios = ["", "", "", ""]
+            ratios = ["", "", "", "", ""]
             if proxy.startswith("portico"):
                 ratios = [
                     f"{m['rps'] / base_min['rps']:.2f}" if base_min else "",
                     f"{m['rps'] / base_ngx['rps']:.2f}" if base_ngx else "",
                     f"{m['cpu'] / base_min['cpu']:.2f}" if base_min else "",
+                    f"{paired[(p, proxy)]:.2f}" if (p, proxy) in paired else "",
                     f"{m['cpu'] / base_ngx['cpu']:.2f}" if base_ngx else "",
                 ]
             print(f"| {p} | {proxy} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.1f} | "
