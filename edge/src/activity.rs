@@ -46,9 +46,9 @@ impl Activity {
         }
     }
 
-    /// A request for `sandbox` was served now.
-    pub fn touch(&self, sandbox: &str) {
-        let now = unix_ms(SystemTime::now());
+    /// A request for `sandbox` was served at `now` (the caller's clock reading, shared by its other uses).
+    pub fn touch(&self, sandbox: &str, now: SystemTime) {
+        let now = unix_ms(now);
         let seen = self.seen.pin();
         match seen.get(sandbox) {
             Some(s) => s.last_ms.fetch_max(now, Ordering::Relaxed),
@@ -199,8 +199,8 @@ mod tests {
     #[test]
     fn requests_are_reported_once_and_open_websockets_every_time() {
         let activity = Arc::new(Activity::default());
-        activity.touch("abcd1234");
-        activity.touch("abcd1234");
+        activity.touch("abcd1234", SystemTime::now());
+        activity.touch("abcd1234", SystemTime::now());
         let ws = activity.open("wsbox001");
         let first = activity.take();
         assert_eq!(first.len(), 2, "one entry per sandbox: {first:?}");
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn unsent_reports_are_kept_for_the_next_one() {
         let activity = Activity::default();
-        activity.touch("abcd1234");
+        activity.touch("abcd1234", SystemTime::now());
         let reports = activity.take();
         activity.restore(reports.clone());
         assert_eq!(activity.take(), reports);

@@ -229,8 +229,9 @@ impl<'a> Ours<'a> {
                 req.set_uri(uri);
             }
         }
-        for name in HEADERS {
-            if req.headers.contains_key(name) {
+        // One pass over the names present: looking up each of ours would parse and hash it every time.
+        if req.headers.keys().any(|k| HEADERS.contains(&k.as_str())) {
+            for name in HEADERS {
                 req.remove_header(name);
             }
         }

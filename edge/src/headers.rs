@@ -112,8 +112,9 @@ pub fn add_forwarded(
     proto: &str,
     host: &str,
 ) -> pingora::Result<()> {
-    for name in CLIENT_FORWARDING {
-        if req.headers.contains_key(name) {
+    // One pass over the names present: looking up each of these would parse and hash it every time.
+    if req.headers.keys().any(|k| CLIENT_FORWARDING.contains(&k.as_str())) {
+        for name in CLIENT_FORWARDING {
             req.remove_header(name);
         }
     }

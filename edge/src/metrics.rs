@@ -3,7 +3,7 @@
 //! control confirmed recently). Label values are bounded: tenant ids and fixed enums, never a host, path,
 //! IP or token.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -37,6 +37,17 @@ pub static TOKEN_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("register portico_token_checks_total")
 });
+
+/// A credential of this kind (`auth::Kind::label`) passed: the counters of the three kinds, found once.
+pub fn token_check_passed(kind: &'static str) {
+    static PASSED: LazyLock<[(&str, IntCounter); 3]> = LazyLock::new(|| {
+        ["preview_token", "share", "preview_auth"].map(|k| (k, TOKEN_CHECKS.with_label_values(&[k, "ok"])))
+    });
+    match PASSED.iter().find(|(k, _)| *k == kind) {
+        Some((_, counter)) => counter.inc(),
+        None => TOKEN_CHECKS.with_label_values(&[kind, "ok"]).inc(),
+    }
+}
 
 #[allow(clippy::expect_used)]
 pub static CREDENTIAL_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -82,6 +93,47 @@ pub static RATELIMIT_OBSERVED_RPS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("register portico_ratelimit_observed_rps")
 });
+
+/// One tenant's series of the per-request metrics, each found by label the first time it is used and then
+/// kept with the tenant's snapshot entry: a label look-up hashes every label and takes the vector's lock,
+/// several times per request otherwise. Only series that have counted something exist, as before.
+#[derive(Debug, Default)]
+pub struct TenantMetrics {
+    /// `portico_ratelimit_decisions_total`, by key kind and decision.
+    decisions: [[OnceLock<IntCounter>; 2]; 3],
+    /// `portico_ratelimit_observed_rps`, by key kind.
+    observed: [OnceLock<Histogram>; 3],
+    /// `portico_requests_total`, by route kind and the statuses most answers have (others by label).
+    requests: [[OnceLock<IntCounter>; COMMON_STATUSES.len()]; 3],
+}
+
+/// The statuses whose request counters a tenant keeps at hand.
+const COMMON_STATUSES: [u16; 12] = [200, 204, 206, 301, 302, 304, 401, 403, 404, 429, 502, 503];
+
+impl TenantMetrics {
+    /// `kind` and `decision` index the labels `key` and `decision` (see `ratelimit::KeyKind`, `Outcome`).
+    pub fn decision(&self, tenant: &str, kind: (usize, &str), decision: (usize, &str)) -> &IntCounter {
+        self.decisions[kind.0][decision.0]
+            .get_or_init(|| RATELIMIT_DECISIONS.with_label_values(&[tenant, kind.1, decision.1]))
+    }
+
+    pub fn observed_rps(&self, tenant: &str, kind: (usize, &str)) -> &Histogram {
+        self.observed[kind.0].get_or_init(|| RATELIMIT_OBSERVED_RPS.with_label_values(&[tenant, kind.1]))
+    }
+
+    /// Counts one answered request of a route of kind `route` (index, label) with `status`.
+    pub fn request(&self, tenant: &str, route: (usize, &str), status: u16) {
+        let label = |s: u16| {
+            http::StatusCode::from_u16(s).map_or_else(|_| "0".to_string(), |c| c.as_str().to_string())
+        };
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.requests[route.0][i]
+                .get_or_init(|| REQUESTS.with_label_values(&[tenant, route.1, &label(status)]))
+                .inc(),
+            None => REQUESTS.with_label_values(&[tenant, route.1, &label(status)]).inc(),
+        }
+    }
+}
 
 #[allow(clippy::expect_used)]
 pub static UPSTREAM_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -291,6 +343,22 @@ mod tests {
     use super::*;
 
     const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_tenants_kept_handles_count_into_the_labelled_series() {
+        let m = TenantMetrics::default();
+        let series = |status| REQUESTS.with_label_values(&["tn_handles", "preview", status]).get();
+        let (ok, odd) = (series("200"), series("418"));
+        m.request("tn_handles", (1, "preview"), 200);
+        m.request("tn_handles", (1, "preview"), 200);
+        m.request("tn_handles", (1, "preview"), 418);
+        assert_eq!((series("200") - ok, series("418") - odd), (2, 1));
+
+        let decisions = || RATELIMIT_DECISIONS.with_label_values(&["tn_handles", "token", "limited"]).get();
+        let before = decisions();
+        m.decision("tn_handles", (1, "token"), (1, "limited")).inc();
+        assert_eq!(decisions() - before, 1);
+    }
 
     #[test]
     fn never_synced_is_not_ready() {

@@ -428,26 +428,32 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let (tenant, kind) = match &ctx.route {
-            Some(r) => (r.tenant.tenant.id.as_str(), r.kind.label()),
-            None => ("none", "none"),
-        };
         // A status code is a bounded label (three digits); 0 means no response was written.
-        let code = http::StatusCode::from_u16(status).ok();
-        let status_label = code.as_ref().map_or("0", |c| c.as_str());
-        metrics::REQUESTS.with_label_values(&[tenant, kind, status_label]).inc();
+        let kind = match &ctx.route {
+            Some(r) => {
+                r.tenant.metrics.request(&r.tenant.tenant.id, r.kind.index(), status);
+                r.kind.label()
+            }
+            None => {
+                let code = http::StatusCode::from_u16(status).ok();
+                let status_label = code.as_ref().map_or("0", |c| c.as_str());
+                metrics::REQUESTS.with_label_values(&["none", "none", status_label]).inc();
+                "none"
+            }
+        };
+        let now = SystemTime::now();
         // Only requests that went through to the sandbox keep it awake: refused ones must not.
         if let (Some(sandbox), Some(_)) = (ctx.route.as_ref().and_then(|r| r.sandbox()), ctx.upstream_started)
         {
-            self.activity.touch(&sandbox.id);
+            self.activity.touch(&sandbox.id, now);
         }
         if let (Some(route), true) = (&ctx.route, status != 0) {
-            self.usage.record_route(route, session.body_bytes_sent() as u64);
+            self.usage.record_route(route, session.body_bytes_sent() as u64, now);
         }
         if self.access_log.enabled() {
             let req = session.req_header();
             self.access_log.send(accesslog::Line {
-                time: SystemTime::now(),
+                time: now,
                 client_ip: ctx.client_ip.or_else(|| session.client_addr()?.as_inet().map(|a| a.ip())),
                 method: req.method.clone(),
                 host: request_host(req).unwrap_or_default().to_string(),

@@ -19,7 +19,7 @@ use std::time::Instant;
 use portico_wire::{PerMinute, Rate, Visibility};
 
 use crate::error::EdgeError;
-use crate::metrics;
+use crate::metrics::TenantMetrics;
 use crate::route::Route;
 
 /// Table size of [`Limiter::new`]: one million keys may be limited at the same instant.
@@ -43,10 +43,15 @@ pub enum KeyKind {
 
 impl KeyKind {
     pub fn label(self) -> &'static str {
+        self.index().1
+    }
+
+    /// Its place among the kinds, with its label: the tenant's metric handles are kept in that order.
+    fn index(self) -> (usize, &'static str) {
         match self {
-            Self::Ip => "ip",
-            Self::Token => "token",
-            Self::AuthFailures => "auth_failures",
+            Self::Ip => (0, "ip"),
+            Self::Token => (1, "token"),
+            Self::AuthFailures => (2, "auth_failures"),
         }
     }
 
@@ -108,10 +113,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(self) -> &'static str {
+    /// Its place among the decisions, with its label (see [`KeyKind::index`]).
+    fn index(self) -> (usize, &'static str) {
         match self {
-            Self::Allowed => "allowed",
-            Self::Limited { .. } => "limited",
+            Self::Allowed => (0, "allowed"),
+            Self::Limited { .. } => (1, "limited"),
         }
     }
 
@@ -198,7 +204,7 @@ impl Limiter {
         if route.visibility == Visibility::Private {
             let key = Key { tenant: &tenant.id, kind: KeyKind::AuthFailures, subject: Subject::Ip(client) };
             let outcome = self.locked_out(key, Policy::per_minute(limits.auth_failures_per_ip), now);
-            record(&key, outcome, None);
+            record(&route.tenant.metrics, &key, outcome, None);
             outcome.into_result()?;
             if offers_credential {
                 // Counted per credential once step 3 knows which one opened the route.
@@ -206,7 +212,7 @@ impl Limiter {
             }
         }
         let key = Key { tenant: &tenant.id, kind: KeyKind::Ip, subject: Subject::Ip(client) };
-        self.spend(key, Policy::per_second(limits.public_per_ip), now)
+        self.spend(&route.tenant.metrics, key, Policy::per_second(limits.public_per_ip), now)
     }
 
     /// Step 2 for a private route after step 3: the budget of the credential that was accepted — not of
@@ -214,12 +220,13 @@ impl Limiter {
     pub fn admit_credential(&self, route: &Route, credential: &str) -> Result<(), EdgeError> {
         let tenant = &route.tenant.tenant;
         let key = Key { tenant: &tenant.id, kind: KeyKind::Token, subject: Subject::Credential(credential) };
-        self.spend(key, Policy::per_second(route.tenant.rate_limits.private_per_token), self.now_us())
+        let policy = Policy::per_second(route.tenant.rate_limits.private_per_token);
+        self.spend(&route.tenant.metrics, key, policy, self.now_us())
     }
 
-    fn spend(&self, key: Key<'_>, policy: Policy, now: u64) -> Result<(), EdgeError> {
+    fn spend(&self, m: &TenantMetrics, key: Key<'_>, policy: Policy, now: u64) -> Result<(), EdgeError> {
         let decision = self.check(key, policy, 1, now);
-        record(&key, decision.outcome, Some(decision.observed_rps));
+        record(m, &key, decision.outcome, Some(decision.observed_rps));
         decision.outcome.into_result()
     }
 
@@ -234,7 +241,7 @@ impl Limiter {
         let policy = Policy::per_minute(route.tenant.rate_limits.auth_failures_per_ip);
         let cost = u32::try_from(failures).unwrap_or(u32::MAX);
         let observed = self.consume(key, policy, cost, self.now_us());
-        metrics::RATELIMIT_OBSERVED_RPS.with_label_values(&[&tenant.id, key.kind.label()]).observe(observed);
+        route.tenant.metrics.observed_rps(&tenant.id, key.kind.index()).observe(observed);
     }
 
     /// Takes `cost` events from `key`'s budget if it has them. `now` is explicit so tests control time.
@@ -376,11 +383,10 @@ fn unpack_seen(word: u64) -> (u32, u16, u16) {
 }
 
 /// `portico_ratelimit_decisions_total` and, for request budgets, the observed-rate histogram.
-fn record(key: &Key<'_>, outcome: Outcome, observed_rps: Option<f64>) {
-    let kind = key.kind.label();
-    metrics::RATELIMIT_DECISIONS.with_label_values(&[key.tenant, kind, outcome.label()]).inc();
+fn record(m: &TenantMetrics, key: &Key<'_>, outcome: Outcome, observed_rps: Option<f64>) {
+    m.decision(key.tenant, key.kind.index(), outcome.index()).inc();
     if let Some(rps) = observed_rps {
-        metrics::RATELIMIT_OBSERVED_RPS.with_label_values(&[key.tenant, kind]).observe(rps);
+        m.observed_rps(key.tenant, key.kind.index()).observe(rps);
     }
 }
 

@@ -31,7 +31,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A fresh id: 32 lower-case hex digits (the process prefix, then the counter).
 pub fn generate() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}{n:016x}", *PREFIX)
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&PREFIX.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
+    hex::encode(raw)
 }
 
 /// 1 to [`MAX_LEN`] visible ASCII characters: safe in a header, a log field and an HTML page.

@@ -17,10 +17,15 @@ pub enum RouteKind {
 
 impl RouteKind {
     pub fn label(self) -> &'static str {
+        self.index().1
+    }
+
+    /// Its place among the kinds, with its label: the tenant's metric handles are kept in that order.
+    pub fn index(self) -> (usize, &'static str) {
         match self {
-            Self::SandboxPort => "sandbox_port",
-            Self::Preview => "preview",
-            Self::Deployment => "deployment",
+            Self::SandboxPort => (0, "sandbox_port"),
+            Self::Preview => (1, "preview"),
+            Self::Deployment => (2, "deployment"),
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct TenantEntry {
     pub frame_ancestors: String,
     /// The tenant's own limits or the platform default.
     pub rate_limits: wire::RateLimits,
+    /// Its per-request metric series, found once.
+    pub metrics: crate::metrics::TenantMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +323,7 @@ impl Snapshot {
         let rate_limits = tenant.rate_limits.unwrap_or(self.settings.default_rate_limits);
         self.tenants.insert(
             tenant.id.as_str().into(),
-            Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits }),
+            Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits, metrics: Default::default() }),
         );
     }
 

@@ -73,8 +73,8 @@ impl Usage {
     }
 
     /// One answered request of `id` (a sandbox or deployment of `tenant`) that sent `bytes` of body.
-    pub fn record(&self, tenant: &str, kind: UsageSubject, id: &str, bytes: u64) {
-        let minute = unix_ms(SystemTime::now()) / 60_000 * 60_000;
+    pub fn record(&self, tenant: &str, kind: UsageSubject, id: &str, bytes: u64, now: SystemTime) {
+        let minute = unix_ms(now) / 60_000 * 60_000;
         let counts = self.counts.pin();
         let subject = match counts.get(id) {
             Some(s) => s.clone(),
@@ -94,12 +94,12 @@ impl Usage {
     }
 
     /// One answered request on `route`.
-    pub fn record_route(&self, route: &Route, bytes: u64) {
+    pub fn record_route(&self, route: &Route, bytes: u64, now: SystemTime) {
         let (kind, id) = match &route.target {
             Target::Sandbox { sandbox, .. } => (UsageSubject::Sandbox, sandbox.id.as_str()),
             Target::Deployment(d) => (UsageSubject::Deployment, d.id.as_str()),
         };
-        self.record(&route.tenant.tenant.id, kind, id, bytes);
+        self.record(&route.tenant.tenant.id, kind, id, bytes, now);
     }
 
     /// Moves the counts so far into numbered batches queued for sending. Counters are swapped to zero,
@@ -276,16 +276,16 @@ mod tests {
     #[test]
     fn counts_are_sealed_into_numbered_batches_and_kept_until_acknowledged() {
         let usage = Usage::default();
-        usage.record("tn_a", UsageSubject::Sandbox, "abcd1234", 10);
-        usage.record("tn_a", UsageSubject::Sandbox, "abcd1234", 5);
-        usage.record("tn_a", UsageSubject::Deployment, "dp_1", 7);
+        usage.record("tn_a", UsageSubject::Sandbox, "abcd1234", 10, SystemTime::now());
+        usage.record("tn_a", UsageSubject::Sandbox, "abcd1234", 5, SystemTime::now());
+        usage.record("tn_a", UsageSubject::Deployment, "dp_1", 7, SystemTime::now());
         usage.seal();
         let first = usage.front().expect("a batch");
         assert_eq!(first.entries.len(), 2);
         let sandbox = first.entries.iter().find(|e| e.subject == UsageSubject::Sandbox).expect("sandbox");
         assert_eq!((sandbox.requests, sandbox.bytes_out), (2, 15));
         // Not acknowledged: the same batch, same number, is sent again next time.
-        usage.record("tn_a", UsageSubject::Sandbox, "abcd1234", 1);
+        usage.record("tn_a", UsageSubject::Sandbox, "abcd1234", 1, SystemTime::now());
         usage.seal();
         assert_eq!(usage.front().expect("still queued"), first);
         usage.acknowledged(first.seq);

@@ -52,11 +52,10 @@ impl Authenticator {
         offered: Vec<Credential>,
     ) -> Result<Grant, EdgeError> {
         let result = self.first_valid(snap, route, offered).await;
-        let (kind, outcome) = match &result {
-            Ok(g) => (g.kind.label(), "ok"),
-            Err(e) => ("any", e.code()),
-        };
-        metrics::TOKEN_CHECKS.with_label_values(&[kind, outcome]).inc();
+        match &result {
+            Ok(g) => metrics::token_check_passed(g.kind.label()),
+            Err(e) => metrics::TOKEN_CHECKS.with_label_values(&["any", e.code()]).inc(),
+        }
         result
     }
 
