@@ -129,9 +129,11 @@ fn rss_bytes() -> usize {
 
 fn scale(c: &mut Criterion) {
     let (live0, rss0) = (LIVE.load(Ordering::Relaxed), rss_bytes());
-    let state = {
+    let (state, compiled_in) = {
         let wire = wire_snapshot();
-        EdgeState::new(Snapshot::from_wire(wire).expect("valid"))
+        let started = std::time::Instant::now();
+        let snap = Snapshot::from_wire(wire).expect("valid");
+        (EdgeState::new(snap), started.elapsed())
     };
     let (live1, rss1) = (LIVE.load(Ordering::Relaxed), rss_bytes());
     let per = |bytes: f64| bytes / SANDBOXES as f64;
@@ -143,6 +145,8 @@ fn scale(c: &mut Criterion) {
         rss1.saturating_sub(rss0) as f64 / 1048576.0,
         per(rss1.saturating_sub(rss0) as f64),
     );
+
+    println!("snapshot compiled from its wire form in {:.2} s", compiled_in.as_secs_f64());
 
     let mut g = c.benchmark_group("apply");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
@@ -189,6 +193,15 @@ fn scale(c: &mut Criterion) {
         started.elapsed().as_secs_f64(),
         store.disk().base_len as f64 / 1048576.0
     );
+    // What an edge starting from its state dir does before it serves: read, parse and compile the base.
+    let started = std::time::Instant::now();
+    let loaded = portico_edge::state::store::load(dir.path()).expect("the base just written loads");
+    println!(
+        "state dir: base read, parsed and compiled in {:.2} s ({} sandboxes)",
+        started.elapsed().as_secs_f64(),
+        loaded.snapshot.sandboxes.len()
+    );
+    drop(loaded);
     let mut version = snap.version;
     let mut g = c.benchmark_group("state dir");
     g.sample_size(20);

@@ -169,21 +169,15 @@ impl Snapshot {
         for t in snapshot.tenants {
             s.upsert_tenant(t);
         }
-        for sb in snapshot.sandboxes {
-            s.upsert_sandbox(sb);
-        }
-        for p in snapshot.previews {
-            s.upsert_preview(p);
-        }
+        s.index_sandboxes(snapshot.sandboxes);
+        s.index_previews(snapshot.previews);
         for k in snapshot.verify_keys {
             s.upsert_verify_key(k);
         }
         for r in snapshot.revocations {
             s.revocations.insert(r.jti.as_str().into(), r.expires_at);
         }
-        for sh in snapshot.shares {
-            s.upsert_share(sh);
-        }
+        s.index_shares(snapshot.shares);
         for d in snapshot.deployments {
             s.upsert_deployment(d);
         }
@@ -325,6 +319,44 @@ impl Snapshot {
             tenant.id.as_str().into(),
             Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits, metrics: Default::default() }),
         );
+    }
+
+    /// A whole snapshot's sandboxes, indexed at once. Ids are unique in what control sends; were one
+    /// repeated, the records go in one by one instead, so that the last one wins everywhere.
+    fn index_sandboxes(&mut self, sandboxes: Vec<wire::Sandbox>) {
+        let records: Vec<Arc<wire::Sandbox>> = sandboxes.into_iter().map(Arc::new).collect();
+        let by_id = CowIndex::build(records.iter().cloned());
+        if by_id.len() != records.len() {
+            records.into_iter().for_each(|r| self.upsert_sandbox(Arc::unwrap_or_clone(r)));
+            return;
+        }
+        let with_auth = records.iter().filter(|r| r.preview_auth_sha256.is_some());
+        self.preview_auth = CowIndex::build(with_auth.cloned().collect::<Vec<_>>().into_iter());
+        self.sandboxes = by_id;
+    }
+
+    /// A whole snapshot's previews, indexed at once (see [`Self::index_sandboxes`]).
+    fn index_previews(&mut self, previews: Vec<wire::Preview>) {
+        let records: Vec<Arc<wire::Preview>> = previews.into_iter().map(Arc::new).collect();
+        let (by_id, by_slug) =
+            (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
+        if by_id.len() != records.len() || by_slug.len() != records.len() {
+            records.into_iter().for_each(|r| self.upsert_preview(Arc::unwrap_or_clone(r)));
+            return;
+        }
+        (self.previews_by_id, self.previews) = (by_id, by_slug);
+    }
+
+    /// A whole snapshot's shares, indexed at once (see [`Self::index_sandboxes`]).
+    fn index_shares(&mut self, shares: Vec<wire::Share>) {
+        let records: Vec<Arc<wire::Share>> = shares.into_iter().map(Arc::new).collect();
+        let (by_id, by_hash) =
+            (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
+        if by_id.len() != records.len() || by_hash.len() != records.len() {
+            records.into_iter().for_each(|r| self.upsert_share(Arc::unwrap_or_clone(r)));
+            return;
+        }
+        (self.shares_by_id, self.shares) = (by_id, by_hash);
     }
 
     fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {
