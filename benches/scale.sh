@@ -18,7 +18,8 @@
 # Seeding goes through `POST /v1/sandboxes`, the same path as any client, 1,000 sandboxes per tenant (the
 # default quota; the quota check counts the tenant's sandboxes, so one huge tenant would make seeding
 # quadratic). 1M takes a while (about 20 minutes on two cores): SEEDED=dir keeps the seeded database there
-# and reuses it on the next run with the same dir (N must match).
+# and reuses it on the next run with the same dir (N must match). A create that finds the database busy
+# (503, nothing written) is retried.
 set -euo pipefail
 
 N=${1:-100000}
@@ -116,7 +117,7 @@ else
     done | sed '$d' >"$WORK/batches/$b.curl" # no `next` after the last request
     KEY=$key
   done
-  ls "$WORK"/batches/*.curl | xargs -P 4 -n 1 sh -c 'curl -sS --no-progress-meter --parallel --parallel-max "$0" -K "$1"' "$((PARALLEL / 4))" |
+  ls "$WORK"/batches/*.curl | xargs -P 4 -n 1 sh -c 'curl -sS --no-progress-meter --retry 5 --parallel --parallel-max "$0" -K "$1"' "$((PARALLEL / 4))" |
     sort | uniq -c >"$WORK/seed-status"
   grep -qv ' 201$' "$WORK/seed-status" && { echo "seeding: not every answer was 201:" >&2; cat "$WORK/seed-status" >&2; exit 1; }
   PROBE=$(curl -fsS "$CONTROL/v1/sandboxes" -H "authorization: Bearer $KEY" -H 'content-type: application/json' \

@@ -75,6 +75,11 @@ impl ApiError {
             Self::Database(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                 (StatusCode::CONFLICT, "conflict", "already exists".into())
             }
+            // The database is contended (a writer held the lock past the busy timeout, every pooled
+            // connection is in use): nothing was written, and the same request shortly after will pass.
+            Self::Database(e) if is_contention(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "busy", ApiError::Busy.to_string())
+            }
             Self::Database(_) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into())
             }
@@ -93,6 +98,7 @@ impl IntoResponse for ApiError {
         let retry_after = match self {
             Self::RateLimited { retry_after_secs } => Some(retry_after_secs),
             Self::Busy => Some(1),
+            Self::Database(ref e) if is_contention(e) => Some(1),
             _ => None,
         };
         let mut resp = (status, Json(body)).into_response();
@@ -104,6 +110,55 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Lock and pool contention, which a retry resolves: SQLite's `SQLITE_BUSY` and `SQLITE_LOCKED` (with their
+/// extended codes), PostgreSQL's serialization failure, deadlock and lock-not-available, a pool with no
+/// free connection in time.
+fn is_contention(e: &sqlx::Error) -> bool {
+    if matches!(e, sqlx::Error::PoolTimedOut) {
+        return true;
+    }
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else { return false };
+    // PostgreSQL's SQLSTATEs are five characters; SQLite's codes are numbers below 10,000, the primary
+    // code in the low byte of the extended one.
+    if code.len() == 5 {
+        return matches!(&*code, "40001" | "40P01" | "55P03");
+    }
+    code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_sqlite_database_is_busy_not_an_internal_error() {
+        // Two connections to one file: the second cannot write while the first holds the write lock.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            use sqlx::{ConnectOptions, Connection};
+            let opts = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .expect("url")
+                .busy_timeout(std::time::Duration::from_millis(10));
+            let mut a = opts.connect().await.expect("first");
+            let mut b = opts.connect().await.expect("second");
+            sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut a).await.expect("table");
+            let mut tx = a.begin().await.expect("begin");
+            sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
+            let err = sqlx::query("INSERT INTO t VALUES (2)").execute(&mut b).await.expect_err("locked");
+            let (status, code, _) = ApiError::Database(err).parts();
+            assert_eq!((status, code), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+            tx.rollback().await.expect("rollback");
+        });
+        let (status, code, _) = ApiError::Database(sqlx::Error::PoolTimedOut).parts();
+        assert_eq!((status, code), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        let (status, _, _) = ApiError::Database(sqlx::Error::RowNotFound).parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
 
 /// Request bodies are small JSON documents; metadata, the largest field, is capped at 16 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
