@@ -337,26 +337,18 @@ impl Snapshot {
 
     /// A whole snapshot's previews, indexed at once (see [`Self::index_sandboxes`]).
     fn index_previews(&mut self, previews: Vec<wire::Preview>) {
-        let records: Vec<Arc<wire::Preview>> = previews.into_iter().map(Arc::new).collect();
-        let (by_id, by_slug) =
-            (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
-        if by_id.len() != records.len() || by_slug.len() != records.len() {
-            records.into_iter().for_each(|r| self.upsert_preview(Arc::unwrap_or_clone(r)));
-            return;
+        match indexed_twice(previews) {
+            Ok((by_id, by_slug)) => (self.previews_by_id, self.previews) = (by_id, by_slug),
+            Err(records) => records.into_iter().for_each(|r| self.upsert_preview(r)),
         }
-        (self.previews_by_id, self.previews) = (by_id, by_slug);
     }
 
     /// A whole snapshot's shares, indexed at once (see [`Self::index_sandboxes`]).
     fn index_shares(&mut self, shares: Vec<wire::Share>) {
-        let records: Vec<Arc<wire::Share>> = shares.into_iter().map(Arc::new).collect();
-        let (by_id, by_hash) =
-            (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
-        if by_id.len() != records.len() || by_hash.len() != records.len() {
-            records.into_iter().for_each(|r| self.upsert_share(Arc::unwrap_or_clone(r)));
-            return;
+        match indexed_twice(shares) {
+            Ok((by_id, by_hash)) => (self.shares_by_id, self.shares) = (by_id, by_hash),
+            Err(records) => records.into_iter().for_each(|r| self.upsert_share(r)),
         }
-        (self.shares_by_id, self.shares) = (by_id, by_hash);
     }
 
     fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {
@@ -516,5 +508,21 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 mod cowmap;
 pub mod store;
+
+/// Two indexes of the same records, built at once; the records back when a key repeats in either (then
+/// they go in one at a time, the last one winning everywhere).
+#[allow(clippy::type_complexity)]
+fn indexed_twice<T: Clone, A: KeyOf<T>, B: KeyOf<T>>(
+    records: Vec<T>,
+) -> Result<(CowIndex<T, A>, CowIndex<T, B>), Vec<T>> {
+    let records: Vec<Arc<T>> = records.into_iter().map(Arc::new).collect();
+    let (a, b) = (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
+    if a.len() == records.len() && b.len() == records.len() {
+        return Ok((a, b));
+    }
+    drop((a, b));
+    Err(records.into_iter().map(Arc::unwrap_or_clone).collect())
+}
+
 #[cfg(test)]
 mod tests;
