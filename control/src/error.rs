@@ -127,39 +127,6 @@ fn is_contention(e: &sqlx::Error) -> bool {
     code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_locked_sqlite_database_is_busy_not_an_internal_error() {
-        // Two connections to one file: the second cannot write while the first holds the write lock.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            use sqlx::{ConnectOptions, Connection};
-            let opts = url
-                .parse::<sqlx::sqlite::SqliteConnectOptions>()
-                .expect("url")
-                .busy_timeout(std::time::Duration::from_millis(10));
-            let mut a = opts.connect().await.expect("first");
-            let mut b = opts.connect().await.expect("second");
-            sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut a).await.expect("table");
-            let mut tx = a.begin().await.expect("begin");
-            sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
-            let err = sqlx::query("INSERT INTO t VALUES (2)").execute(&mut b).await.expect_err("locked");
-            let (status, code, _) = ApiError::Database(err).parts();
-            assert_eq!((status, code), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
-            tx.rollback().await.expect("rollback");
-        });
-        let (status, code, _) = ApiError::Database(sqlx::Error::PoolTimedOut).parts();
-        assert_eq!((status, code), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
-        let (status, _, _) = ApiError::Database(sqlx::Error::RowNotFound).parts();
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    }
-}
-
 /// Request bodies are small JSON documents; metadata, the largest field, is capped at 16 KiB.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -253,5 +220,38 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|Query(q)| ApiQuery(q))
             .map_err(|e| ApiError::BadRequest(format!("bad query string: {}", e.body_text())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_sqlite_database_is_busy_not_an_internal_error() {
+        // Two connections to one file: the second cannot write while the first holds the write lock.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            use sqlx::{ConnectOptions, Connection};
+            let opts = url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .expect("url")
+                .busy_timeout(std::time::Duration::from_millis(10));
+            let mut a = opts.connect().await.expect("first");
+            let mut b = opts.connect().await.expect("second");
+            sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut a).await.expect("table");
+            let mut tx = a.begin().await.expect("begin");
+            sqlx::query("INSERT INTO t VALUES (1)").execute(&mut *tx).await.expect("insert");
+            let err = sqlx::query("INSERT INTO t VALUES (2)").execute(&mut b).await.expect_err("locked");
+            let (status, code, _) = ApiError::Database(err).parts();
+            assert_eq!((status, code), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+            tx.rollback().await.expect("rollback");
+        });
+        let (status, code, _) = ApiError::Database(sqlx::Error::PoolTimedOut).parts();
+        assert_eq!((status, code), (StatusCode::SERVICE_UNAVAILABLE, "busy"));
+        let (status, _, _) = ApiError::Database(sqlx::Error::RowNotFound).parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
