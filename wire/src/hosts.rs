@@ -54,10 +54,18 @@ impl Placeholder {
 }
 
 fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 5 || s.starts_with('0') {
         return None;
     }
-    s.parse::<u16>().ok().filter(|p| *p != 0)
+    // Every request's host goes through here: digits folded by hand (at most five, so no overflow).
+    let mut n = 0u32;
+    for b in s.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(b - b'0');
+    }
+    u16::try_from(n).ok().filter(|p| *p != 0)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

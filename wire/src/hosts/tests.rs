@@ -126,3 +126,13 @@ fn a_value_ends_at_the_first_character_it_cannot_contain() {
         Some("Deployment { app: \"web-1\", workspace: \"team-2\" }".into())
     );
 }
+
+#[test]
+fn ports_are_one_to_65535_without_leading_zeros_or_signs() {
+    for (s, want) in [("1", Some(1)), ("3000", Some(3000)), ("65535", Some(65535))] {
+        assert_eq!(parse_port(s), want, "{s:?}");
+    }
+    for s in ["", "0", "00", "080", "65536", "99999", "123456", "12a", "+1", "-1", " 1", "١"] {
+        assert_eq!(parse_port(s), None, "{s:?}");
+    }
+}
