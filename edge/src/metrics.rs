@@ -123,16 +123,20 @@ impl TenantMetrics {
 
     /// Counts one answered request of a route of kind `route` (index, label) with `status`.
     pub fn request(&self, tenant: &str, route: (usize, &str), status: u16) {
-        let label = |s: u16| {
-            http::StatusCode::from_u16(s).map_or_else(|_| "0".to_string(), |c| c.as_str().to_string())
-        };
+        let code = http::StatusCode::from_u16(status).ok();
+        let label = status_label(code.as_ref());
         match COMMON_STATUSES.iter().position(|s| *s == status) {
             Some(i) => self.requests[route.0][i]
-                .get_or_init(|| REQUESTS.with_label_values(&[tenant, route.1, &label(status)]))
+                .get_or_init(|| REQUESTS.with_label_values(&[tenant, route.1, label]))
                 .inc(),
-            None => REQUESTS.with_label_values(&[tenant, route.1, &label(status)]).inc(),
+            None => REQUESTS.with_label_values(&[tenant, route.1, label]).inc(),
         }
     }
+}
+
+/// A status code is a bounded label (three digits); 0 means no response was written.
+pub fn status_label(code: Option<&http::StatusCode>) -> &str {
+    code.map_or("0", |c| c.as_str())
 }
 
 #[allow(clippy::expect_used)]

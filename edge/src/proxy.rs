@@ -428,7 +428,6 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        // A status code is a bounded label (three digits); 0 means no response was written.
         let kind = match &ctx.route {
             Some(r) => {
                 r.tenant.metrics.request(&r.tenant.tenant.id, r.kind.index(), status);
@@ -436,8 +435,9 @@ impl ProxyHttp for Edge {
             }
             None => {
                 let code = http::StatusCode::from_u16(status).ok();
-                let status_label = code.as_ref().map_or("0", |c| c.as_str());
-                metrics::REQUESTS.with_label_values(&["none", "none", status_label]).inc();
+                metrics::REQUESTS
+                    .with_label_values(&["none", "none", metrics::status_label(code.as_ref())])
+                    .inc();
                 "none"
             }
         };
