@@ -114,10 +114,16 @@ impl<E: Entry> Table<E> {
     /// and grow (rehash) each table several times — most of a cold start's time at a million entries.
     /// A later entry with the same key replaces an earlier one, as [`Table::insert`] does.
     fn build(hint: usize, entries: impl IntoIterator<Item = E>) -> Self {
+        // Fewer entries than shards: most shards stay the one shared empty table.
+        if hint < SHARDS {
+            let mut table = Self::default();
+            entries.into_iter().for_each(|e| drop(table.insert(e)));
+            return table;
+        }
         let hasher = Seeded::new();
         // The mean share plus room for the spread (a shard's count varies by about its square root).
         let mean = hint / SHARDS;
-        let per = if mean == 0 { 0 } else { mean + mean / 8 + 8 };
+        let per = mean + mean / 8 + 8;
         let mut tables: Vec<HashTable<E>> = (0..SHARDS).map(|_| HashTable::with_capacity(per)).collect();
         let mut len = 0;
         for entry in entries {
