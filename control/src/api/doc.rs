@@ -60,7 +60,7 @@ error_responses! {
     PayloadTooLarge => "`payload_too_large`: the body is larger than the limit",
     Internal => "`internal`: the server failed; details are in its log only",
     RateLimited => "`rate_limited`: too many attempts; `Retry-After` says when the next one is counted",
-    Busy => "`busy`: control is at its bound of expensive work in flight; retry after `Retry-After`",
+    Busy => "`busy`: control is at its bound of expensive work in flight, or its database is contended (nothing was written); retry after `Retry-After`",
     WakeConflict => "`wake_disabled` (the sandbox's wake policy is off, for an edge) or `wake_not_configured` (no orchestrator)",
     WakeFailed => "`wake_failed`: the orchestrator refused or failed, and the sandbox is hibernated again",
     WakeTimeout => "`wake_timeout`: the sandbox did not become running in time, and is hibernated again",
