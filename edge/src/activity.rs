@@ -33,8 +33,9 @@ struct Seen {
 /// Activity per sandbox.
 #[derive(Default)]
 pub struct Activity {
-    /// Keyed by sandbox ids from the snapshot, not by anything a client picks: foldhash, not SipHash.
-    seen: papaya::HashMap<Arc<str>, Arc<Seen>, foldhash::fast::RandomState>,
+    /// Keyed by sandbox ids, which tenants choose: foldhash seeded at random per process (as the snapshot's
+    /// tables are, see `state/cowmap.rs`), cheaper than SipHash on a map every request touches.
+    seen: papaya::HashMap<Arc<str>, Arc<Seen>, foldhash::quality::RandomState>,
 }
 
 impl Activity {

@@ -55,10 +55,15 @@ pub enum Kind {
 
 impl Kind {
     pub fn label(self) -> &'static str {
+        self.index().1
+    }
+
+    /// Its place among the kinds, with its label: the passed-check counters are kept in that order.
+    pub fn index(self) -> (usize, &'static str) {
         match self {
-            Self::PreviewToken => "preview_token",
-            Self::Share => "share",
-            Self::PreviewAuth => "preview_auth",
+            Self::PreviewToken => (0, "preview_token"),
+            Self::Share => (1, "share"),
+            Self::PreviewAuth => (2, "preview_auth"),
         }
     }
 }

@@ -38,15 +38,10 @@ pub static TOKEN_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register portico_token_checks_total")
 });
 
-/// A credential of this kind (`auth::Kind::label`) passed: the counters of the three kinds, found once.
-pub fn token_check_passed(kind: &'static str) {
-    static PASSED: LazyLock<[(&str, IntCounter); 3]> = LazyLock::new(|| {
-        ["preview_token", "share", "preview_auth"].map(|k| (k, TOKEN_CHECKS.with_label_values(&[k, "ok"])))
-    });
-    match PASSED.iter().find(|(k, _)| *k == kind) {
-        Some((_, counter)) => counter.inc(),
-        None => TOKEN_CHECKS.with_label_values(&[kind, "ok"]).inc(),
-    }
+/// A credential of kind `kind` (`auth::Kind::index`: index, label) passed; each kind's series found once.
+pub fn token_check_passed(kind: (usize, &str)) {
+    static PASSED: [OnceLock<IntCounter>; 3] = [const { OnceLock::new() }; 3];
+    PASSED[kind.0].get_or_init(|| TOKEN_CHECKS.with_label_values(&[kind.1, "ok"])).inc();
 }
 
 #[allow(clippy::expect_used)]

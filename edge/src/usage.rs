@@ -33,9 +33,10 @@ struct Subject {
     minutes: papaya::HashMap<u64, Arc<Counts>, Hasher>,
 }
 
-/// Keys are sandbox and deployment ids from the snapshot and minutes, nothing a client picks: foldhash,
-/// not SipHash, on a map every request touches.
-type Hasher = foldhash::fast::RandomState;
+/// Keys are sandbox and deployment ids (which tenants choose) and minutes: foldhash seeded at random per
+/// process (as the snapshot's tables are, see `state/cowmap.rs`), cheaper than SipHash on a map every
+/// request touches.
+type Hasher = foldhash::quality::RandomState;
 
 #[derive(Default)]
 struct Counts {
