@@ -115,6 +115,8 @@ pub struct HostTemplate {
     labels: Vec<Vec<Token>>,
     /// The trailing labels with no placeholder (e.g. `.sandbox.localhost`), checked first: cheap rejection.
     suffix: String,
+    /// How many labels precede the suffix: the only ones a host's labels are matched against one by one.
+    leading: usize,
 }
 
 impl HostTemplate {
@@ -182,7 +184,8 @@ impl HostTemplate {
             .iter()
             .map(|l| format!(".{}", render_literal(l)))
             .collect::<String>();
-        Ok(Self { source: lowered, kind, labels, suffix })
+        let leading = labels.len() - fixed;
+        Ok(Self { source: lowered, kind, labels, suffix, leading })
     }
 
     pub fn kind(&self) -> TemplateKind {
@@ -195,12 +198,11 @@ impl HostTemplate {
 
     /// Matches a host already normalised by [`normalize_host`].
     pub fn matches<'h>(&self, host: &'h str) -> Option<HostMatch<'h>> {
-        if !host.ends_with(self.suffix.as_str()) {
-            return None;
-        }
+        // Every request's host comes here: the suffix is compared once, as a whole, not label by label.
+        let head = host.strip_suffix(self.suffix.as_str())?;
         let mut values: [Option<&'h str>; 5] = [None; 5];
-        let mut host_labels = host.split('.');
-        for pattern in &self.labels {
+        let mut host_labels = head.split('.');
+        for pattern in &self.labels[..self.leading] {
             let label = host_labels.next()?;
             if !match_label(pattern, label, &mut values) {
                 return None;
