@@ -44,10 +44,10 @@ fn wire_snapshot() -> wire::Snapshot {
         .collect();
     let previews = (0..PREVIEWS)
         .map(|i| Preview {
-            id: format!("pv_{i}"),
-            slug: id('p', i),
-            tenant_id: format!("tn_{}", i % 100),
-            sandbox_id: id('s', i * 7 % SANDBOXES),
+            id: format!("pv_{i}").into(),
+            slug: id('p', i).into(),
+            tenant_id: format!("tn_{}", i % 100).into(),
+            sandbox_id: id('s', i * 7 % SANDBOXES).into(),
             port: 3000,
             visibility: Visibility::Public,
         })

@@ -364,10 +364,10 @@ impl PreviewRow {
 
     pub fn to_wire(&self) -> ApiResult<wire::Preview> {
         Ok(wire::Preview {
-            id: self.id.clone(),
-            slug: self.slug.clone(),
-            tenant_id: self.tenant_id.clone(),
-            sandbox_id: self.sandbox_id.clone(),
+            id: self.id.as_str().into(),
+            slug: self.slug.as_str().into(),
+            tenant_id: self.tenant_id.as_str().into(),
+            sandbox_id: self.sandbox_id.as_str().into(),
             port: self.port()?,
             visibility: enum_parse("visibility", &self.visibility)?,
         })

@@ -120,10 +120,16 @@ pub struct Sandbox {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Preview {
-    pub id: String,
-    pub slug: String,
-    pub tenant_id: String,
-    pub sandbox_id: String,
+    // Inline, as the sandbox's: a preview lookup compares the slug in the record it fetched and finds the
+    // sandbox by an id it holds, with no pointer to follow for either.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: CompactString,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub slug: CompactString,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub tenant_id: CompactString,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub sandbox_id: CompactString,
     pub port: u16,
     pub visibility: Visibility,
 }
