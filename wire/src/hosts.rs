@@ -201,15 +201,15 @@ impl HostTemplate {
         // Every request's host comes here: the suffix is compared once, as a whole, not label by label.
         let head = host.strip_suffix(self.suffix.as_str())?;
         let mut values: [Option<&'h str>; 5] = [None; 5];
-        let mut host_labels = head.split('.');
-        for pattern in &self.labels[..self.leading] {
-            let label = host_labels.next()?;
+        let mut rest = head;
+        for (i, pattern) in self.labels[..self.leading].iter().enumerate() {
+            // The last label takes the rest: a dot in it never matches, as neither literals nor values
+            // may hold one, so most templates (one label before the suffix) need no search for dots.
+            let (label, tail) = if i + 1 == self.leading { (rest, "") } else { rest.split_once('.')? };
             if !match_label(pattern, label, &mut values) {
                 return None;
             }
-        }
-        if host_labels.next().is_some() {
-            return None;
+            rest = tail;
         }
         let get = |p: Placeholder| values[p as usize];
         Some(match self.kind {
@@ -309,7 +309,8 @@ fn match_label<'h>(tokens: &[Token], label: &'h str, values: &mut [Option<&'h st
 /// Lowercases a `Host` header value and drops a trailing `:port` and a trailing `.`.
 /// Returns `None` for something that cannot be a host name.
 pub fn normalize_host(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let raw = raw.trim();
+    // A header value's surrounding whitespace is ASCII (RFC 9110 §5.5).
+    let raw = raw.trim_ascii();
     let without_port = if raw.starts_with('[') {
         // An IPv6 literal never names a route; keep it whole so lookups simply miss.
         raw
