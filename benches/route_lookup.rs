@@ -108,6 +108,24 @@ fn lookups(c: &mut Criterion) {
             black_box(resolve(&snap, black_box(&slugs[i])).is_ok())
         })
     });
+    // What the copy-on-write shards cost a lookup: the same records, found by the same ids, in one flat
+    // table with the same hash, side by side.
+    let ids: Vec<String> = (0..1024).map(|i| id('s', i * 977 % SANDBOXES)).collect();
+    c.bench_function("sandbox index get (1M, copy-on-write shards)", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            black_box(snap.sandboxes.get(black_box(&ids[i])).is_some())
+        })
+    });
+    let flat: std::collections::HashMap<&str, _, foldhash::quality::RandomState> =
+        snap.sandboxes.values().map(|s| (s.id.as_str(), s.clone())).collect();
+    c.bench_function("sandbox index get (1M, one flat table: baseline)", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            black_box(flat.get(black_box(ids[i].as_str())).is_some())
+        })
+    });
+    drop(flat);
     c.bench_function("route unknown host", |b| {
         b.iter(|| black_box(resolve(&snap, black_box("www.example.com")).is_err()))
     });
