@@ -223,3 +223,22 @@ fn a_cookie_that_is_not_ascii_hides_no_session_cookie() {
     strip(&mut req, None).expect("strips");
     assert_eq!(req.headers.get("cookie").map(|v| v.as_bytes()), Some("name=Jos\u{e9}".as_bytes()));
 }
+
+/// A cookie whose name only contains the session cookie's, or whose value holds it, is the app's and
+/// passes untouched; a session cookie in a second `Cookie` header is found and stripped.
+#[test]
+fn only_a_cookie_named_exactly_preview_session_is_ours() {
+    let mut req = request(
+        "/",
+        &[("cookie", "xpreview_session=1; a=preview_session=2"), ("cookie", "b=3; preview_session=mp_x.y")],
+    );
+    assert_eq!(transports(&req), vec![(Transport::Cookie, "mp_x.y".into())]);
+    strip(&mut req, None).expect("strips");
+    let cookies: Vec<_> = req.headers.get_all("cookie").iter().map(|v| v.to_str().unwrap_or("")).collect();
+    assert_eq!(cookies, ["xpreview_session=1; a=preview_session=2; b=3"]);
+
+    let mut app_only = request("/", &[("cookie", "xpreview_session=1")]);
+    assert!(transports(&app_only).is_empty());
+    strip(&mut app_only, None).expect("strips");
+    assert_eq!(app_only.headers.get("cookie").map(|v| v.as_bytes()), Some("xpreview_session=1".as_bytes()));
+}
