@@ -33,7 +33,7 @@ pub fn snapshot() -> Snapshot {
         allow_preflight: false,
     };
     let preview = |slug: &str, tenant: &str, sandbox: &str, port| Preview {
-        id: format!("pv_{slug}"),
+        id: format!("pv_{slug}").into(),
         slug: slug.into(),
         tenant_id: tenant.into(),
         sandbox_id: sandbox.into(),
