@@ -48,7 +48,8 @@ export PORTICO_ADMIN_KEY=bench_admin_key_0123456789 PORTICO_EDGE_TOKEN=bench_edg
 "$BIN" control --listen "127.0.0.1:$CONTROL_PORT" --data-dir "$WORK/control" >"$WORK/control.log" 2>&1 &
 PIDS+=($!)
 "$BIN" edge --control-url "http://127.0.0.1:$CONTROL_PORT" --http "127.0.0.1:$EDGE_PORT" \
-  --metrics "127.0.0.1:$METRICS_PORT" --state-dir "$WORK/edge" --threads "$WORKERS" >"$WORK/edge.log" 2>&1 &
+  --metrics "127.0.0.1:$METRICS_PORT" --state-dir "$WORK/edge" --threads "$WORKERS" --access-log off \
+  >"$WORK/edge.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$CONTROL_PORT/healthz" >/dev/null && break; sleep 0.1; done
 
