@@ -21,6 +21,10 @@ use serde::Serialize;
 /// Lines waiting for the writer; beyond this they are dropped.
 pub const CAPACITY: usize = 65_536;
 
+/// How long the writer rests after writing what had queued: lines reach the log at most this much later,
+/// and at 100,000 requests a second 2,000 of them wait, well within [`CAPACITY`].
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
 /// Where the access log goes (`--access-log off|stderr|PATH`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Destination {
@@ -146,6 +150,9 @@ fn write_lines<W: Write>(rx: Receiver<Line>, out: W) {
                 }
             }
         }
+        // Lines gather while the writer rests: a writer blocked in `recv` is woken by every request's
+        // line (a futex wake for the worker, a context switch for the machine), one that rests is not.
+        std::thread::sleep(BATCH_PAUSE);
     }
     let _ = out.flush();
 }
