@@ -12,9 +12,13 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 use serde::Serialize;
 
@@ -82,12 +86,15 @@ pub struct Line {
 pub struct AccessLog {
     tx: Option<SyncSender<Line>>,
     dropped: IntCounter,
+    /// Set when the server starts shutting down: from then on the writer writes each line as it comes,
+    /// so that none is still waiting out a rest when the process exits.
+    stopping: Arc<AtomicBool>,
 }
 
 impl AccessLog {
     /// No access log: `send` is never worth calling ([`AccessLog::enabled`] is false).
     pub fn off() -> AccessLog {
-        AccessLog { tx: None, dropped: crate::metrics::ACCESS_LOG_DROPPED.clone() }
+        AccessLog { tx: None, dropped: crate::metrics::ACCESS_LOG_DROPPED.clone(), stopping: Arc::default() }
     }
 
     /// Opens the destination (an unwritable file is an error at start-up, not a silent loss) and starts
@@ -112,8 +119,12 @@ impl AccessLog {
         dropped: IntCounter,
     ) -> io::Result<AccessLog> {
         let (tx, rx) = mpsc::sync_channel(capacity);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out))?;
-        Ok(AccessLog { tx: Some(tx), dropped })
+        let stopping = Arc::new(AtomicBool::new(false));
+        let rest_until_stopping = stopping.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out, &rest_until_stopping))?;
+        Ok(AccessLog { tx: Some(tx), dropped, stopping })
     }
 
     pub fn enabled(&self) -> bool {
@@ -132,7 +143,7 @@ impl AccessLog {
 
 /// The writer thread: blocks for a line, writes it and everything else already queued, and flushes
 /// whenever the queue is empty, so an idle edge's log is complete and a busy one writes in large chunks.
-fn write_lines<W: Write>(rx: Receiver<Line>, out: W) {
+fn write_lines<W: Write>(rx: Receiver<Line>, out: W, stopping: &AtomicBool) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut buf = Vec::with_capacity(512);
     let mut failing = false;
@@ -152,12 +163,24 @@ fn write_lines<W: Write>(rx: Receiver<Line>, out: W) {
         }
         // Lines gather while the writer rests: a writer blocked in `recv` is woken by every request's
         // line (a futex wake for the worker, a context switch for the machine), one that rests is not.
-        std::thread::sleep(BATCH_PAUSE);
+        if !stopping.load(Ordering::Relaxed) {
+            std::thread::sleep(BATCH_PAUSE);
+        }
     }
     let _ = out.flush();
 }
 
 /// A failing destination (disk full, closed stderr) is reported once, not once per line.
+/// Watches for the server's shutdown, which starts with a grace period while requests still finish: their
+/// lines are written as they come, so the last ones are not lost waiting out a rest when the process exits.
+#[async_trait::async_trait]
+impl BackgroundService for AccessLog {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
 fn report(failing: &mut bool, result: io::Result<()>) {
     match result {
         Ok(()) if *failing => {

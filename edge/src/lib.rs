@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, GenBackgroundService};
 use pingora::services::listening::Service;
 
 pub use error::EdgeError;
@@ -231,6 +231,8 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
     server.add_service(background_service("feed", feed));
     let reporter = activity::ActivityReporter::new(activity, control);
     server.add_service(background_service("activity", reporter));
+    // Only to hear the shutdown: the access log's writer stops resting between batches.
+    server.add_service(GenBackgroundService::new("BG access log".into(), access_log));
     Ok(server)
 }
 
