@@ -307,7 +307,7 @@ impl Stack {
 
     /// Waits until the edge has applied everything control has at this moment.
     pub async fn synced(&self) {
-        let (_, feed) = self.feed_version().await;
+        let feed = self.feed_version().await;
         let edge = &self.edge;
         wait_until("edge to catch up", Duration::from_secs(5), || async move {
             edge.config_version().await >= feed
@@ -315,16 +315,26 @@ impl Stack {
         .await;
     }
 
-    async fn feed_version(&self) -> (u16, u64) {
-        let resp = reqwest::Client::new()
-            .get(format!("{}/v1/edge/feed?since=0", self.control.url))
-            .bearer_auth(EDGE_TOKEN)
-            .send()
-            .await
-            .expect("feed");
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.expect("json");
-        (status, v["snapshot"]["version"].as_u64().unwrap_or(0))
+    /// Control's current version, as an edge would reach it: the first answer may be control's cached
+    /// snapshot, which can be some versions behind (`--feed-snapshot-lag`), so the changes after it count too.
+    async fn feed_version(&self) -> u64 {
+        let feed = |since: u64| async move {
+            let resp = reqwest::Client::new()
+                .get(format!("{}/v1/edge/feed?since={since}&wait=0", self.control.url))
+                .bearer_auth(EDGE_TOKEN)
+                .send()
+                .await
+                .expect("feed");
+            resp.json::<Value>().await.expect("json")
+        };
+        let mut version = feed(0).await["snapshot"]["version"].as_u64().unwrap_or(0);
+        loop {
+            let next = feed(version).await;
+            match next["version"].as_u64() {
+                Some(v) if v > version => version = v,
+                _ => return version,
+            }
+        }
     }
 }
 
