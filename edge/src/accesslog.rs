@@ -141,8 +141,9 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: blocks for a line, writes it and everything else already queued, and flushes
-/// whenever the queue is empty, so an idle edge's log is complete and a busy one writes in large chunks.
+/// The writer thread: blocks for a line, writes it and everything else already queued, flushes whenever
+/// the queue is empty (an idle edge's log is complete), then rests [`BATCH_PAUSE`] unless the server is
+/// stopping (a busy one writes in large chunks and is not woken per line).
 fn write_lines<W: Write>(rx: Receiver<Line>, out: W, stopping: &AtomicBool) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut buf = Vec::with_capacity(512);
@@ -170,7 +171,6 @@ fn write_lines<W: Write>(rx: Receiver<Line>, out: W, stopping: &AtomicBool) {
     let _ = out.flush();
 }
 
-/// A failing destination (disk full, closed stderr) is reported once, not once per line.
 /// Watches for the server's shutdown, which starts with a grace period while requests still finish: their
 /// lines are written as they come, so the last ones are not lost waiting out a rest when the process exits.
 #[async_trait::async_trait]
@@ -181,6 +181,7 @@ impl BackgroundService for AccessLog {
     }
 }
 
+/// A failing destination (disk full, closed stderr) is reported once, not once per line.
 fn report(failing: &mut bool, result: io::Result<()>) {
     match result {
         Ok(()) if *failing => {
