@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Serving one 10 KB static file from a release: requests per second of `portico edge` against nginx serving
 # the same file from disk, side by side in one run, both on loopback, measured with the same wrk settings.
+# Beside them, benches/minimal-pingora answering with the same bytes from memory: the floor of any Pingora
+# service that answers requests itself, so the gap to nginx splits into Pingora's part and the edge's.
 #
 #   bash benches/static_vs_nginx.sh            # needs nginx and wrk (apt-get install -y nginx wrk)
 #   DURATION=20s CONNECTIONS=64 THREADS=2 WORKERS=2 bash benches/static_vs_nginx.sh
-#   SKIP_BUILD=1 bash benches/static_vs_nginx.sh   # use the target/release/portico already built
+#   SKIP_BUILD=1 bash benches/static_vs_nginx.sh   # use the binaries already built in target/release
+#   ROUNDS=5 bash benches/static_vs_nginx.sh        # alternating rounds (default 3); medians are reported
 #
 # Both servers get the same number of worker threads (WORKERS; default: all cores), no compression
 # (wrk sends no Accept-Encoding) and no access log. wrk runs on the same machine, so absolute numbers
@@ -20,8 +23,10 @@ for tool in nginx wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk)" >&2; exit 1; }
 done
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet
-BIN=target/release/portico
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet -p portico -p minimal-pingora
+BIN=${BIN:-target/release/portico}
+MINIMAL=${MINIMAL:-target/release/minimal-pingora}
+ROUNDS=${ROUNDS:-3}
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -34,7 +39,7 @@ trap cleanup EXIT
 [ -n "${KEEP:-}" ] && trap - EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-CONTROL_PORT=$(port); EDGE_PORT=$(port); METRICS_PORT=$(port); NGINX_PORT=$(port)
+CONTROL_PORT=$(port); EDGE_PORT=$(port); METRICS_PORT=$(port); NGINX_PORT=$(port); MINIMAL_PORT=$(port)
 
 # The file: 10 KB of HTML, once in a release archive and once in nginx's root.
 mkdir -p "$WORK/site"
@@ -103,13 +108,31 @@ NGINX_URL="http://127.0.0.1:$NGINX_PORT/page.html"
 for _ in $(seq 50); do curl -sf "$NGINX_URL" >/dev/null && break; sleep 0.1; done
 curl -sf "$NGINX_URL" | cmp - "$WORK/site/page.html"
 
+"$MINIMAL" "127.0.0.1:$MINIMAL_PORT" "file=$WORK/site/page.html" "$WORKERS" >"$WORK/minimal.log" 2>&1 &
+PIDS+=($!)
+MINIMAL_URL="http://127.0.0.1:$MINIMAL_PORT/page.html"
+for _ in $(seq 50); do curl -sf "$MINIMAL_URL" >/dev/null && break; sleep 0.1; done
+curl -sf "$MINIMAL_URL" | cmp - "$WORK/site/page.html"
+
 rps() { wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$@" | awk '/Requests\/sec/ {print $2}'; }
-# Warm both, then measure each once.
+# Warm all three, then alternate rounds so that a change in the machine's speed touches each alike.
 wrk -t1 -c4 -d1s -H "Host: $HOST" "$EDGE_URL" >/dev/null
 wrk -t1 -c4 -d1s "$NGINX_URL" >/dev/null
-EDGE_RPS=$(rps -H "Host: $HOST" "$EDGE_URL")
-NGINX_RPS=$(rps "$NGINX_URL")
+wrk -t1 -c4 -d1s "$MINIMAL_URL" >/dev/null
+EDGE=(); NGINX=(); MIN=()
+for _ in $(seq "$ROUNDS"); do
+  EDGE+=("$(rps -H "Host: $HOST" "$EDGE_URL")")
+  NGINX+=("$(rps "$NGINX_URL")")
+  MIN+=("$(rps "$MINIMAL_URL")")
+done
 
-echo "10 KB static file, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers, $DURATION each"
-printf '%-14s %12s req/s\n' "portico edge" "$EDGE_RPS" "nginx" "$NGINX_RPS"
-python3 -c "print(f'ratio portico/nginx: {float(\"$EDGE_RPS\") / float(\"$NGINX_RPS\"):.2f}')"
+echo "10 KB static file, $CONNECTIONS connections, $THREADS wrk threads, $WORKERS server workers, $ROUNDS rounds of $DURATION"
+python3 - "${EDGE[*]}" "${NGINX[*]}" "${MIN[*]}" <<'PY'
+import statistics, sys
+edge, nginx, minimal = (statistics.median(map(float, a.split())) for a in sys.argv[1:4])
+for name, v, runs in (("portico edge", edge, sys.argv[1]), ("nginx", nginx, sys.argv[2]),
+                      ("minimal pingora", minimal, sys.argv[3])):
+    print(f"{name:16} {v:12.0f} req/s (median of {runs})")
+print(f"ratio portico/nginx: {edge / nginx:.2f}")
+print(f"ratio minimal pingora/nginx: {minimal / nginx:.2f}   portico/minimal pingora: {edge / minimal:.2f}")
+PY

@@ -30,6 +30,7 @@ pub mod wake;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::{background_service, GenBackgroundService};
@@ -200,7 +201,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
         edge("http", https_redirect),
         "portico edge",
     );
-    proxy.add_tcp(&config.http);
+    proxy.add_listener(downstream(&config.http));
     server.add_service(proxy);
 
     if let Some(addr) = &config.https {
@@ -209,7 +210,7 @@ pub fn server(config: EdgeConfig) -> Result<Server, StartError> {
             edge("https", None),
             "portico edge https",
         );
-        https.add_tls_with_settings(addr, None, tls::settings(resolver.clone()).map_err(StartError::Tls)?);
+        https.add_listener(downstream(addr).tls(tls::settings(resolver.clone()).map_err(StartError::Tls)?));
         server.add_service(https);
         let watcher = tls::CertWatcher::new(state.clone(), resolver, config.certs_dir.clone());
         // The first store is in place before the listener accepts: a saved state's certificates serve at once.
@@ -269,3 +270,14 @@ pub async fn check(config: &EdgeConfig) -> Result<String, StartError> {
     }
     Ok(report)
 }
+
+/// A client-facing listener whose write buffer holds a response head and a 16 KiB body: with Pingora's
+/// default (1460 bytes) the head of any larger response leaves in a packet of its own, and on loopback
+/// every packet wakes the reader. What flushes is unchanged: chunked and WebSocket data chunk by chunk (so
+/// server-sent events and HMR messages are not held back), a `Content-Length` body when it ends or fills
+/// the buffer.
+fn downstream(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER))
+}
+
+const DOWNSTREAM_WRITE_BUFFER: usize = 17 * 1024;

@@ -1,13 +1,18 @@
 //! The smallest useful Pingora proxy, kept as the baseline `benches/proxies.sh` compares Portico with:
-//! one `ProxyHttp`, one fixed peer, one added response header.
+//! one `ProxyHttp`, one fixed peer, one added response header. With `file=PATH` instead of a peer it
+//! answers every request with that file's bytes, held in memory, from `request_filter`: the floor for
+//! `benches/static_vs_nginx.sh` (what any Pingora service pays to answer a request itself).
 //!
 //!   minimal-pingora LISTEN UPSTREAM [THREADS]     e.g. minimal-pingora 127.0.0.1:8081 127.0.0.2:80 1
+//!   minimal-pingora LISTEN file=PATH [THREADS]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -17,6 +22,31 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Minimal {
     upstream: SocketAddr,
+}
+
+struct StaticFile {
+    body: Bytes,
+}
+
+#[async_trait]
+impl ProxyHttp for StaticFile {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let mut resp = ResponseHeader::build(200, Some(3))?;
+        resp.insert_header("content-type", "text/html")?;
+        resp.insert_header("content-length", self.body.len().to_string())?;
+        resp.insert_header("x-proxy", "minimal-pingora")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(self.body.clone()), true).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(ErrorType::InternalError, "a static file has no peer")
+    }
 }
 
 #[async_trait]
@@ -41,8 +71,8 @@ impl ProxyHttp for Minimal {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(listen), Some(Ok(upstream))) = (args.first(), args.get(1).map(|u| u.parse())) else {
-        eprintln!("usage: minimal-pingora LISTEN UPSTREAM [THREADS]");
+    let (Some(listen), Some(target)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: minimal-pingora LISTEN UPSTREAM|file=PATH [THREADS]");
         return ExitCode::FAILURE;
     };
     let threads = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -55,8 +85,31 @@ fn main() -> ExitCode {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Minimal { upstream });
-    proxy.add_tcp(listen);
-    server.add_service(proxy);
+    if let Some(path) = target.strip_prefix("file=") {
+        let body = match std::fs::read(path) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                eprintln!("{path}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut service = pingora::proxy::http_proxy_service(&server.configuration, StaticFile { body });
+        service.add_listener(listener(listen));
+        server.add_service(service);
+    } else {
+        let Ok(upstream) = target.parse() else {
+            eprintln!("{target}: not an address (or file=PATH)");
+            return ExitCode::FAILURE;
+        };
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Minimal { upstream });
+        proxy.add_listener(listener(listen));
+        server.add_service(proxy);
+    }
     server.run_forever()
+}
+
+/// The edge's listener settings (`edge/src/lib.rs`): a write buffer that holds a response head and a
+/// 16 KiB body, so the two leave in one write. Same settings, so the comparison measures the edge's work.
+fn listener(listen: &str) -> ListenerConfig {
+    ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().write(17 * 1024))
 }
