@@ -9,6 +9,7 @@
 //! decoding; what remains is joined to the release directory segment by segment, and releases hold no
 //! links, so no spelling of a path reaches outside the release.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Component, Path, PathBuf};
@@ -61,30 +62,39 @@ struct File {
     body: Option<Bytes>,
     path: PathBuf,
     len: u64,
+    /// `len` as a header value, formatted once.
+    content_length: http::HeaderValue,
     etag: String,
     content_type: &'static str,
 }
 
-type FileKey = (Arc<str>, Arc<str>);
+/// `<sha256>/<path in the release>`: one key, so a look-up builds one string.
+type FileKey = Box<str>;
+
+/// Keys are release hashes and request paths, which clients choose: foldhash seeded at random per process
+/// (as the snapshot's tables are, see `state/cowmap.rs`), cheaper than SipHash on maps every static request
+/// touches.
+type Hasher = foldhash::quality::RandomState;
 
 /// The releases this edge holds on disk, and how it gets more.
 pub struct Releases {
     root: PathBuf,
     control: Arc<Control>,
     /// Releases known to be unpacked: no disk check, and no lock, per request.
-    ready: papaya::HashSet<Arc<str>>,
+    ready: papaya::HashSet<Arc<str>, Hasher>,
     /// One fetch per release however many requests wait for it.
     flights: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
-    files: moka::future::Cache<FileKey, Arc<File>>,
+    files: moka::sync::Cache<FileKey, Arc<File>, Hasher>,
 }
 
 impl Releases {
     pub fn new(root: PathBuf, control: Arc<Control>) -> Self {
-        let files = moka::future::Cache::builder()
+        let files = moka::sync::Cache::builder()
             .weigher(|_: &FileKey, f: &Arc<File>| u32::try_from(f.len).unwrap_or(u32::MAX).max(1))
             .max_capacity(CACHE_TOTAL)
-            .build();
-        Self { root, control, ready: papaya::HashSet::new(), flights: Mutex::default(), files }
+            .build_with_hasher(Hasher::default());
+        let ready = papaya::HashSet::with_hasher(Hasher::default());
+        Self { root, control, ready, flights: Mutex::default(), files }
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,17 +119,17 @@ impl Releases {
         }
     }
 
-    /// The release's directory, fetched and unpacked first if this edge does not have it yet.
-    pub async fn ensure(&self, sha256: &str) -> Result<PathBuf, ReleaseError> {
-        let dir = self.root.join(sha256);
+    /// Fetches and unpacks the release under `<root>/<sha256>` if this edge does not have it yet.
+    pub async fn ensure(&self, sha256: &str) -> Result<(), ReleaseError> {
         if self.ready.pin().contains(sha256) {
-            return Ok(dir);
+            return Ok(());
         }
+        let dir = self.root.join(sha256);
         let flight = Self::lock(&self.flights).entry(sha256.into()).or_default().clone();
         let _one = flight.lock().await;
         if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
             self.ready.pin().insert(sha256.into());
-            return Ok(dir);
+            return Ok(());
         }
         let archive = self.download(sha256).await?;
         let (root, sha) = (self.root.clone(), sha256.to_string());
@@ -128,7 +138,7 @@ impl Releases {
             .map_err(|e| ReleaseError::Io(std::io::Error::other(e.to_string())))??;
         self.ready.pin().insert(sha256.into());
         Self::lock(&self.flights).remove(sha256);
-        Ok(dir)
+        Ok(())
     }
 
     /// The archive on disk as `<root>/<sha256>.tar.gz`. It is streamed from control into a temporary file
@@ -188,7 +198,7 @@ impl Releases {
         sha256: &str,
         frame_ancestors: &str,
     ) -> Result<(), EdgeError> {
-        let dir = self.ensure(sha256).await.map_err(|e| {
+        self.ensure(sha256).await.map_err(|e| {
             tracing::warn!(release = %sha256, error = %e, "release unavailable");
             EdgeError::AppUnavailable
         })?;
@@ -198,10 +208,9 @@ impl Releases {
             return write(session, simple(405, frame_ancestors, Some(("allow", "GET, HEAD")))?, None).await;
         }
         let rel = request_path(req.uri.path())?;
-        let release: Arc<str> = sha256.into();
-        let (file, status) = match self.file(&release, &dir, &rel).await {
+        let (file, status) = match self.file(sha256, &rel).await {
             Some(f) => (f, 200),
-            None => match self.file(&release, &dir, "404.html").await {
+            None => match self.file(sha256, "404.html").await {
                 Some(f) => (f, 404),
                 None => return Err(EdgeError::NotFound),
             },
@@ -215,7 +224,8 @@ impl Releases {
         headers::apply_frame_policy(&mut resp, frame_ancestors).map_err(|_| EdgeError::BadRequest)?;
         if status == 404 {
             set(&mut resp, header::CACHE_CONTROL, "no-store")?;
-            set(&mut resp, header::CONTENT_LENGTH, &file.len.to_string())?;
+            resp.insert_header(header::CONTENT_LENGTH, file.content_length.clone())
+                .map_err(|_| EdgeError::BadRequest)?;
             return write_file(session, resp, &file, 0, file.len, head).await;
         }
         set(&mut resp, header::ETAG, &file.etag)?;
@@ -245,7 +255,8 @@ impl Releases {
                 write_file(session, resp, &file, start, end + 1, head).await
             }
             Some(RangeSpec::Whole) | None => {
-                set(&mut resp, header::CONTENT_LENGTH, &file.len.to_string())?;
+                resp.insert_header(header::CONTENT_LENGTH, file.content_length.clone())
+                    .map_err(|_| EdgeError::BadRequest)?;
                 // Whole bodies only: a compressed 206 would not be the bytes the client asked for.
                 if !head {
                     enable_compression(session);
@@ -256,12 +267,15 @@ impl Releases {
     }
 
     /// The file at `rel` in the release (a directory's `index.html`), or `None` when there is none.
-    async fn file(&self, release: &Arc<str>, dir: &Path, rel: &str) -> Option<Arc<File>> {
-        let key: FileKey = (release.clone(), rel.into());
-        if let Some(f) = self.files.get(&key).await {
+    async fn file(&self, release: &str, rel: &str) -> Option<Arc<File>> {
+        let mut key = String::with_capacity(release.len() + 1 + rel.len());
+        key.push_str(release);
+        key.push('/');
+        key.push_str(rel);
+        if let Some(f) = self.files.get(key.as_str()) {
             return Some(f);
         }
-        let mut path = dir.join(rel);
+        let mut path = self.root.join(release).join(rel);
         // Releases hold no links (checked on upload and unpack); `symlink_metadata` keeps it that way.
         let mut meta = tokio::fs::symlink_metadata(&path).await.ok()?;
         if meta.is_dir() {
@@ -276,15 +290,22 @@ impl Releases {
             let body = Bytes::from(tokio::fs::read(&path).await.ok()?);
             let digest = ring::digest::digest(&ring::digest::SHA256, &body);
             let etag = format!("\"{}\"", hex::encode(&digest.as_ref()[..16]));
-            File { len: body.len() as u64, body: Some(body), path, etag, content_type }
+            File {
+                len: body.len() as u64,
+                content_length: body.len().into(),
+                body: Some(body),
+                path,
+                etag,
+                content_type,
+            }
         } else {
             // Same release and path: same bytes, so this is a strong validator without hashing the file.
             let id = ring::digest::digest(&ring::digest::SHA256, format!("{release}/{rel}").as_bytes());
             let etag = format!("\"{}\"", hex::encode(&id.as_ref()[..16]));
-            File { len: meta.len(), body: None, path, etag, content_type }
+            File { len: meta.len(), content_length: meta.len().into(), body: None, path, etag, content_type }
         };
         let file = Arc::new(file);
-        self.files.insert(key, file.clone()).await;
+        self.files.insert(key.into_boxed_str(), file.clone());
         Some(file)
     }
 }
@@ -362,7 +383,16 @@ fn parse_range(value: &str, len: u64) -> RangeSpec {
 }
 
 /// The request path as a relative path inside the release, or 400 when it tries to leave it.
-fn request_path(raw: &str) -> Result<String, EdgeError> {
+fn request_path(raw: &str) -> Result<Cow<'_, str>, EdgeError> {
+    // The usual path needs no decoding and no rewriting: plain segments of unreserved characters.
+    if let Some(rest) = raw.strip_prefix('/') {
+        let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/');
+        if rest.is_empty()
+            || (rest.bytes().all(unreserved) && rest.split('/').all(|s| !matches!(s, "" | "." | "..")))
+        {
+            return Ok(Cow::Borrowed(rest));
+        }
+    }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
     let decoded = String::from_utf8(decoded).map_err(|_| EdgeError::BadRequest)?;
     if decoded.contains('\0') || decoded.contains('\\') {
@@ -381,7 +411,7 @@ fn request_path(raw: &str) -> Result<String, EdgeError> {
     if Path::new(&rel).components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(EdgeError::BadRequest);
     }
-    Ok(rel)
+    Ok(Cow::Owned(rel))
 }
 
 fn content_type(path: &Path) -> &'static str {
@@ -566,6 +596,21 @@ mod tests {
         assert_eq!(request_path("/").unwrap(), "");
         assert_eq!(request_path("/docs/./a%20b.html").unwrap(), "docs/a b.html");
         assert_eq!(request_path("//a//b/").unwrap(), "a/b");
+    }
+
+    #[test]
+    fn a_plain_path_is_taken_as_it_is_and_anything_else_is_decoded() {
+        for p in ["/index.html", "/assets/app-3F2a_x.js", "/a/b/c~d", "/.well-known/x", "/a/..b/c"] {
+            let got = request_path(p).unwrap();
+            assert!(matches!(got, Cow::Borrowed(_)), "{p}");
+            assert_eq!(got, &p[1..]);
+        }
+        for (p, want) in [("/a/./b", "a/b"), ("/a/", "a"), ("/a%2Db", "a-b"), ("/a b", "a b"), ("/.", "")] {
+            assert_eq!(request_path(p).unwrap(), want, "{p}");
+        }
+        for p in ["/a/../b", "/..", "/a/.."] {
+            assert_eq!(request_path(p), Err(EdgeError::BadRequest), "{p}");
+        }
     }
 
     #[test]
