@@ -34,7 +34,12 @@ pub fn generate() -> String {
     let mut raw = [0u8; 16];
     raw[..8].copy_from_slice(&PREFIX.to_be_bytes());
     raw[8..].copy_from_slice(&n.to_be_bytes());
-    hex::encode(raw)
+    // Into a buffer rather than `hex::encode`, which collects a `String` one `char` at a time.
+    let mut text = [0u8; 32];
+    match hex::encode_to_slice(raw, &mut text) {
+        Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+        Err(_) => hex::encode(raw),
+    }
 }
 
 /// 1 to [`MAX_LEN`] visible ASCII characters: safe in a header, a log field and an HTML page.

@@ -499,7 +499,12 @@ impl EdgeState {
 
 /// The key of a deployment's template host in [`Snapshot::deployment_apps`].
 pub fn app_key(app: &str, workspace: &str) -> String {
-    format!("{app}.{workspace}")
+    // Built per request to a deployment host: three copies, not the formatting machinery.
+    let mut key = String::with_capacity(app.len() + 1 + workspace.len());
+    key.push_str(app);
+    key.push('.');
+    key.push_str(workspace);
+    key
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
