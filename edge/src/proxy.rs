@@ -127,35 +127,38 @@ impl Edge {
         if !is_proxyable_target(req.raw_path()) {
             return Err(EdgeError::BadRequest);
         }
+        // The route lives in `ctx` (the later filters and the log read it); the steps below borrow it there.
         let route = route::resolve(&ctx.snap, host)?;
-        ctx.route = Some(route.clone());
+        let Ctx { snap, route: routed, client_ip, grant: granted, woken_address, .. } = ctx;
+        let route = &*routed.insert(route);
+        let client_ip = *client_ip;
 
         // 2. Rate-limit: a locked-out IP is refused before its credential is looked at. A public route
         // reads no credential at all.
         let private = route.visibility == Visibility::Private;
         let offered = if private { auth::candidates(req) } else { Vec::new() };
-        self.limiter.admit(&route, ctx.client_ip, !offered.is_empty())?;
+        self.limiter.admit(route, client_ip, !offered.is_empty())?;
 
         // 3. Authenticate private routes; every credential refused counts toward the IP's lock-out, and
         // the request budget is the accepted credential's.
         if private && !route.sandbox().is_some_and(|s| auth::preflight_allowed(req, s)) {
             let tried = offered.len();
-            let grant = self.auth.authenticate(&ctx.snap, &route, offered).await;
-            self.limiter.record_auth(&route, ctx.client_ip, auth::failed_guesses(&grant, tried));
+            let grant = self.auth.authenticate(snap, route, offered).await;
+            self.limiter.record_auth(route, client_ip, auth::failed_guesses(&grant, tried));
             let grant = grant?;
-            self.limiter.admit_credential(&route, &grant.credential.token)?;
+            self.limiter.admit_credential(route, &grant.credential.token)?;
             if auth::wants_clean_url(req, &grant) {
-                let ours = auth::Ours::new(Some(&grant), Some(&route));
+                let ours = auth::Ours::new(Some(&grant), Some(route));
                 let location = ours.clean_location(req);
                 let cookie = auth::session_cookie(&grant).unwrap_or_default();
                 return Ok(Admitted::Redirect { location, cookie });
             }
-            ctx.grant = Some(grant);
+            *granted = Some(grant);
         }
 
         // 4. Wake a hibernated sandbox: only requests admitted above get here.
         if let Some(sandbox) = route.sandbox() {
-            ctx.woken_address = wake::ensure_awake(&self.waker, sandbox).await?;
+            *woken_address = wake::ensure_awake(&self.waker, sandbox).await?;
         }
         Ok(Admitted::Proxy)
     }
@@ -278,15 +281,13 @@ impl ProxyHttp for Edge {
             }
             Ok(Admitted::Proxy) => {
                 // 5. A static release is answered here, by the edge itself.
-                if let Some(route) = ctx.route.clone() {
-                    if let Some(release) = route.release() {
-                        if let Err(err) =
-                            self.releases.serve(session, release, &route.tenant.frame_ancestors).await
-                        {
-                            self.respond(session, ctx, err).await?;
-                        }
-                        return Ok(true);
+                let release =
+                    ctx.route.as_ref().and_then(|r| Some((r.release()?, &r.tenant.frame_ancestors)));
+                if let Some((release, frame_ancestors)) = release {
+                    if let Err(err) = self.releases.serve(session, release, frame_ancestors).await {
+                        self.respond(session, ctx, err).await?;
                     }
+                    return Ok(true);
                 }
                 if session.is_upgrade_req() {
                     session.set_read_timeout(Some(WEBSOCKET_IDLE));

@@ -77,13 +77,12 @@ impl Usage {
     pub fn record(&self, tenant: &str, kind: UsageSubject, id: &str, bytes: u64, now: SystemTime) {
         let minute = unix_ms(now) / 60_000 * 60_000;
         let counts = self.counts.pin();
+        // Borrowed under the guard: no reference count touched per request.
         let subject = match counts.get(id) {
-            Some(s) => s.clone(),
-            None => counts
-                .get_or_insert_with(id.into(), || {
-                    Arc::new(Subject { tenant: tenant.into(), kind, minutes: papaya::HashMap::default() })
-                })
-                .clone(),
+            Some(s) => s,
+            None => counts.get_or_insert_with(id.into(), || {
+                Arc::new(Subject { tenant: tenant.into(), kind, minutes: papaya::HashMap::default() })
+            }),
         };
         let minutes = subject.minutes.pin();
         let c = match minutes.get(&minute) {
