@@ -11,8 +11,8 @@ pub use hosts::{
     normalize_host, HostMatch, HostTemplate, TemplateError, TemplateKind, DEFAULT_HOST_TEMPLATES,
 };
 pub use snapshot::{
-    AcmeChallenge, ActiveVersion, Branding, Certificate, Change, CredentialLookup, Deployment, FeedMessage,
-    HealthCheck, PerMinute, Preview, Rate, RateLimits, Revocation, Sandbox, SandboxState, Settings, Share,
-    Snapshot, Tenant, VerifyKey, VersionTarget, Visibility, WakePolicy,
+    AcmeChallenge, ActiveVersion, Branding, Certificate, Change, CredentialLookup, Deployment, FeedAnswer,
+    FeedMessage, HealthCheck, PerMinute, Preview, Rate, RateLimits, Revocation, Sandbox, SandboxState,
+    Settings, Share, Snapshot, Tenant, VerifyKey, VersionTarget, Visibility, WakePolicy,
 };
 pub use upstream::{Cidr, CidrError};
