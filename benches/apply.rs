@@ -120,6 +120,60 @@ fn wire_snapshot() -> wire::Snapshot {
     }
 }
 
+/// What an edge's cold start from control costs, part by part, on one core: the first snapshot as control
+/// sends it (JSON in gzip, level 1 as control compresses it), inflated, parsed and compiled.
+fn feed_parts() {
+    use std::io::{Read, Write};
+    let timed = |what: &str, started: std::time::Instant| {
+        println!("cold start part: {what} {:.2} s", started.elapsed().as_secs_f64())
+    };
+    let message = wire::FeedMessage::Snapshot { snapshot: wire_snapshot() };
+    let started = std::time::Instant::now();
+    let json = serde_json::to_vec(&message).expect("serialises");
+    timed("control serialises the message to JSON", started);
+    let started = std::time::Instant::now();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+    gz.write_all(&json).expect("compresses");
+    let gzip = gz.finish().expect("compresses");
+    timed("control compresses it", started);
+    println!(
+        "cold start part: {:.1} MiB of JSON, {:.1} MiB gzipped",
+        json.len() as f64 / 1048576.0,
+        gzip.len() as f64 / 1048576.0
+    );
+    drop((json, message));
+    let started = std::time::Instant::now();
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(gzip.as_slice()).read_to_end(&mut json).expect("inflates");
+    timed("edge inflates it", started);
+    let started = std::time::Instant::now();
+    let message: wire::FeedMessage = serde_json::from_slice(&json).expect("parses");
+    timed("edge parses the JSON as a FeedMessage", started);
+    drop(message);
+    // What the edge does: the snapshot's text found, then parsed from there (and kept for the state dir).
+    let started = std::time::Instant::now();
+    let Ok(wire::FeedAnswer::Snapshot(raw)) = serde_json::from_slice(&json) else { return };
+    timed("edge finds the snapshot's text (FeedAnswer)", started);
+    let started = std::time::Instant::now();
+    let snapshot: wire::Snapshot = serde_json::from_str(raw.get()).expect("parses");
+    timed("edge parses the snapshot from its text", started);
+    let started = std::time::Instant::now();
+    let snap = Snapshot::from_wire(snapshot).expect("valid");
+    timed("edge compiles the snapshot", started);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::new(dir.path().to_path_buf(), Disk::default());
+    let started = std::time::Instant::now();
+    store.write_base_json(snap.version, raw.get().as_bytes()).expect("base written");
+    timed("edge writes the text as its state dir's base (with fsync)", started);
+    let started = std::time::Instant::now();
+    store.write_base(&snap).expect("base written");
+    timed("(serialising the compiled snapshot as the base instead, with fsync)", started);
+    drop(json);
+    let started = std::time::Instant::now();
+    drop(snap);
+    timed("(dropping it)", started);
+}
+
 fn rss_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -128,6 +182,7 @@ fn rss_bytes() -> usize {
 }
 
 fn scale(c: &mut Criterion) {
+    feed_parts();
     let (live0, rss0) = (LIVE.load(Ordering::Relaxed), rss_bytes());
     let (state, compiled_in) = {
         let wire = wire_snapshot();

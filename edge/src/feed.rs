@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use portico_wire::FeedMessage;
+use portico_wire::FeedAnswer;
 use tokio::sync::mpsc;
 
 use crate::state::store::{self, Record, Store, StoreError};
@@ -28,6 +29,8 @@ pub enum FeedError {
     Http { url: String, source: reqwest::Error },
     #[error("control at {url} answered {status}")]
     Status { url: String, status: u16 },
+    #[error("control at {url} sent a feed answer that does not parse: {source}")]
+    Parse { url: String, source: serde_json::Error },
     #[error("control sent a state the edge cannot use: {0}")]
     State(#[from] StateError),
     #[error(transparent)]
@@ -36,8 +39,9 @@ pub enum FeedError {
 
 /// What the feed hands the writer of the state dir after each swap.
 enum Saved {
-    /// Control sent a whole snapshot: the dir gets a new base.
-    Full,
+    /// Control sent a whole snapshot: the dir gets it as a new base, the JSON text as control sent it
+    /// (writing it costs no serialisation: at a million sandboxes that took as long as parsing it).
+    Full { version: u64, json: Bytes },
     /// A batch of changes, as applied.
     Changes(Record),
 }
@@ -124,34 +128,74 @@ impl FeedClient {
         if !resp.status().is_success() {
             return Err(FeedError::Status { url: url.to_string(), status: resp.status().as_u16() });
         }
-        let msg: FeedMessage = resp.json().await.map_err(err)?;
-        let polled = match msg {
-            FeedMessage::Snapshot { .. } => Polled::Snapshot,
-            FeedMessage::Changes { .. } => Polled::Changes,
+        let body = resp.bytes().await.map_err(err)?;
+        let answer =
+            read_answer(&body).map_err(|source| FeedError::Parse { url: url.to_string(), source })?;
+        let polled = match answer {
+            Answer::Snapshot { .. } => Polled::Snapshot,
+            Answer::Changes { .. } => Polled::Changes,
         };
-        let next = match msg {
-            FeedMessage::Snapshot { snapshot } => Some((Snapshot::from_wire(snapshot)?, Saved::Full)),
-            FeedMessage::Changes { version, changes } if version != since || !changes.is_empty() => {
+        let next = match answer {
+            Answer::Snapshot { snapshot, json } => {
+                let version = snapshot.version;
+                Some((Snapshot::from_wire(snapshot)?, Saved::Full { version, json }))
+            }
+            Answer::Changes { version, changes } if version != since || !changes.is_empty() => {
                 let current = self.state.load();
                 let record = Record { since: current.version, version, changes: changes.clone() };
                 Some((current.apply(version, changes)?, Saved::Changes(record)))
             }
-            FeedMessage::Changes { .. } => None,
+            Answer::Changes { .. } => None,
         };
         if let Some((next, saved)) = next {
             tracing::debug!(version = next.version, "routing state updated");
             self.state.store(next);
-            if matches!(saved, Saved::Full) {
+            // With a state dir, its writer does this once the body is on disk.
+            if matches!(saved, Saved::Full { .. }) && self.saved.is_none() {
                 crate::memory::release_freed();
             }
             if let Some(tx) = &self.saved {
-                // The writer stops only with the process.
+                // The writer stops only with the process; it releases the body once it is on disk.
                 let _ = tx.send(saved);
             }
         }
         self.state.mark_synced();
         Ok(polled)
     }
+}
+
+/// A feed answer, a snapshot with its own JSON text (a slice of the body).
+// One per poll, moved once (as `wire::FeedMessage`): the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    Snapshot { snapshot: portico_wire::Snapshot, json: Bytes },
+    Changes { version: u64, changes: Vec<portico_wire::Change> },
+}
+
+/// How control lays out a snapshot answer: its text is then what lies between this and the final `}`.
+const SNAPSHOT_ANSWER_PREFIX: &[u8] = br#"{"type":"snapshot","snapshot":"#;
+
+/// Reads a feed answer in one pass when it has control's layout (the text between is exactly one JSON
+/// value if it parses: the parser refuses anything after it), otherwise through [`FeedAnswer`], which
+/// finds the snapshot's text first, whatever the order of the fields.
+fn read_answer(body: &Bytes) -> Result<Answer, serde_json::Error> {
+    let slice = |text: &[u8]| {
+        let start = text.as_ptr() as usize - body.as_ptr() as usize;
+        body.slice(start..start + text.len())
+    };
+    let usual = body.strip_prefix(SNAPSHOT_ANSWER_PREFIX).and_then(|rest| rest.strip_suffix(b"}"));
+    if let Some(text) = usual {
+        if let Ok(snapshot) = serde_json::from_slice(text) {
+            return Ok(Answer::Snapshot { snapshot, json: slice(text) });
+        }
+    }
+    Ok(match serde_json::from_slice::<FeedAnswer>(body)? {
+        FeedAnswer::Snapshot(raw) => {
+            let text = raw.get().as_bytes();
+            Answer::Snapshot { snapshot: serde_json::from_slice(text)?, json: slice(text) }
+        }
+        FeedAnswer::Changes { version, changes } => Answer::Changes { version, changes },
+    })
 }
 
 /// What a poll brought.
@@ -242,29 +286,39 @@ async fn persist_loop(mut store: Store, state: Arc<EdgeState>, mut saved: mpsc::
 }
 
 /// Appends the batch when it continues what the dir holds; otherwise, or when the log has grown past
-/// its share of the base, writes `current` as a new base.
+/// its share of the base, writes `current` as a new base. A whole snapshot from control in the batch is
+/// written as it came, and the changes after it appended.
 fn persist(store: &mut Store, batch: Vec<Saved>, current: &Snapshot) -> Result<(), StoreError> {
-    let mut full = false;
+    let mut full = None;
     let mut records = Vec::new();
     for saved in batch {
         match saved {
-            Saved::Full => full = true,
+            Saved::Full { version, json } => {
+                full = Some((version, json));
+                records.clear();
+            }
             Saved::Changes(r) => records.push(r),
         }
     }
-    if !full {
-        let on_disk = store.disk_version();
-        // What the dir already holds (written by another edge sharing it, or in a base).
-        records.retain(|r| on_disk.is_none_or(|v| r.version > v));
-        let Some(first) = records.first() else {
-            return if store.wants_compaction() { store.write_base(current) } else { Ok(()) };
-        };
-        let chained = records.windows(2).all(|w| w[1].since == w[0].version);
-        if chained && store.continues(first.since) {
-            store.append(&records)?;
-            if !store.wants_compaction() {
-                return Ok(());
-            }
+    if let Some((version, json)) = full {
+        store.write_base_json(version, &json)?;
+        drop(json);
+        crate::memory::release_freed();
+        if records.is_empty() {
+            return Ok(());
+        }
+    }
+    let on_disk = store.disk_version();
+    // What the dir already holds (written by another edge sharing it, or in a base).
+    records.retain(|r| on_disk.is_none_or(|v| r.version > v));
+    let Some(first) = records.first() else {
+        return if store.wants_compaction() { store.write_base(current) } else { Ok(()) };
+    };
+    let chained = records.windows(2).all(|w| w[1].since == w[0].version);
+    if chained && store.continues(first.since) {
+        store.append(&records)?;
+        if !store.wants_compaction() {
+            return Ok(());
         }
     }
     store.write_base(current)
@@ -275,4 +329,94 @@ fn persist(store: &mut Store, batch: Vec<Saved>, current: &Snapshot) -> Result<(
 /// or from the valid prefix of the change log); it never stops the edge from starting.
 pub fn load(dir: &Path) -> Result<Option<(Snapshot, u64)>, FeedError> {
     Ok(store::load(dir).map(|l| (l.snapshot, l.saved_at)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use portico_wire::{Change, Sandbox, SandboxState, Settings, Visibility, WakePolicy};
+
+    fn sandbox(id: &str) -> Sandbox {
+        Sandbox {
+            id: id.into(),
+            tenant_id: "tn_a".into(),
+            address: "10.0.0.1".into(),
+            state: SandboxState::Running,
+            default_visibility: Visibility::Public,
+            wake_policy: WakePolicy::OnRequest,
+            preview_auth_sha256: None,
+            allow_preflight: false,
+        }
+    }
+
+    fn wire_snapshot(version: u64) -> portico_wire::Snapshot {
+        portico_wire::Snapshot {
+            version,
+            settings: Settings {
+                host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
+                default_frame_ancestors: vec![],
+                default_rate_limits: Default::default(),
+                upstream_allow: vec![],
+            },
+            tenants: vec![],
+            sandboxes: vec![sandbox("sb0001")],
+            previews: vec![],
+            verify_keys: vec![],
+            revocations: vec![],
+            shares: vec![],
+            deployments: vec![],
+            certificates: vec![],
+            acme_challenges: vec![],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_answer_keeps_the_snapshots_own_text_in_either_layout() {
+        let snapshot = wire_snapshot(5);
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let usual =
+            serde_json::to_vec(&portico_wire::FeedMessage::Snapshot { snapshot: snapshot.clone() }).unwrap();
+        let other = format!(r#"{{"snapshot":{text},"type":"snapshot","added":[1,{{"b":2}}]}}"#);
+        let trailing = format!(r#"{{"type":"snapshot","snapshot":{text},"added":true}}"#);
+        for body in [usual, other.into_bytes(), trailing.into_bytes()] {
+            let Answer::Snapshot { snapshot: got, json } = read_answer(&Bytes::from(body)).unwrap() else {
+                panic!("not a snapshot")
+            };
+            assert_eq!(got, snapshot);
+            assert_eq!(json, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn changes_and_broken_answers_are_read_as_such() {
+        let body = Bytes::from_static(
+            br#"{"type":"changes","version":3,"changes":[{"op":"delete_tenant","id":"x"}]}"#,
+        );
+        assert!(
+            matches!(read_answer(&body).unwrap(), Answer::Changes { version: 3, changes } if changes.len() == 1)
+        );
+        for broken in [&br#"{"type":"snapshot","snapshot":{"version":1}}"#[..], b"{", b"", b"[]"] {
+            assert!(read_answer(&Bytes::from_static(broken)).is_err(), "{}", String::from_utf8_lossy(broken));
+        }
+    }
+
+    #[test]
+    fn a_snapshot_from_control_becomes_the_base_as_sent_and_later_changes_follow_it_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::new(dir.path().to_path_buf(), store::Disk::default());
+        let text = serde_json::to_vec(&wire_snapshot(5)).unwrap();
+        let change = Change::UpsertSandbox { sandbox: sandbox("sb0002") };
+        let current = Snapshot::from_wire(wire_snapshot(5)).unwrap().apply(6, vec![change.clone()]).unwrap();
+        let batch = vec![
+            Saved::Changes(Record { since: 1, version: 2, changes: vec![] }),
+            Saved::Full { version: 5, json: Bytes::from(text.clone()) },
+            Saved::Changes(Record { since: 5, version: 6, changes: vec![change] }),
+        ];
+        persist(&mut store, batch, &current).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(store::BASE_FILE)).unwrap(), text);
+        let loaded = store::load(dir.path()).unwrap();
+        assert_eq!(loaded.snapshot.version, 6);
+        assert!(loaded.snapshot.sandboxes.get("sb0002").is_some());
+    }
 }

@@ -15,7 +15,9 @@
 //!
 //! Compaction writes a new base (from the current snapshot, in a blocking thread, off the feed and the
 //! request path) and a new log holding only the marker, when the log grows past a quarter of the base, or
-//! when the log cannot be continued (a full snapshot from control, a gap, a damaged tail).
+//! when the log cannot be continued (a gap, a damaged tail). A whole snapshot from control becomes the new
+//! base as the JSON text control sent (no serialisation: at a million sandboxes that cost more than
+//! parsing it).
 //!
 //! Every file is written under a unique temporary name (pid, a per-process counter and a random suffix,
 //! created exclusively) with mode 0600 (certificates' private keys are in the state), synced, then renamed
@@ -331,12 +333,26 @@ impl Store {
 
     /// Writes `snapshot` as the new base and starts a new log after it.
     pub fn write_base(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.new_base(snapshot.version, |w| Ok(serde_json::to_writer(w, &BaseView(snapshot))?))
+    }
+
+    /// Writes a [`wire::Snapshot`]'s JSON text (as control sent it) at `version` as the new base and
+    /// starts a new log after it.
+    pub fn write_base_json(&mut self, version: u64, json: &[u8]) -> Result<(), StoreError> {
+        let dir = self.dir.clone();
+        self.new_base(version, |w| w.write_all(json).map_err(|source| StoreError::Io { dir, source }))
+    }
+
+    fn new_base(
+        &mut self,
+        version: u64,
+        write: impl FnOnce(&mut BufWriter<&File>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
         self.log = None;
         self.disk = Disk::default();
-        let (base_len, _) =
-            write_atomically(&self.dir, BASE_FILE, |w| Ok(serde_json::to_writer(w, &BaseView(snapshot))?))?;
-        let marker = Record { since: snapshot.version, version: snapshot.version, changes: Vec::new() };
+        let (base_len, _) = write_atomically(&self.dir, BASE_FILE, write)?;
+        let marker = Record { since: version, version, changes: Vec::new() };
         let mut line = Vec::new();
         encode(&marker, &mut line)?;
         let (log_len, written) =
@@ -346,7 +362,7 @@ impl Store {
         let file = OpenOptions::new().append(true).open(&path).map_err(|e| self.io(e))?;
         if file.metadata().map(|m| (m.dev(), m.ino())).ok() == Some(written) {
             self.log = Some((file, written));
-            self.disk = Disk { version: Some(snapshot.version), base_len, log_len, log_clean: true };
+            self.disk = Disk { version: Some(version), base_len, log_len, log_clean: true };
         }
         Ok(())
     }
