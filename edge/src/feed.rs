@@ -351,23 +351,12 @@ mod tests {
     }
 
     fn wire_snapshot(version: u64) -> portico_wire::Snapshot {
+        let host_templates = portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect();
         portico_wire::Snapshot {
             version,
-            settings: Settings {
-                host_templates: portico_wire::DEFAULT_HOST_TEMPLATES.iter().map(|s| s.to_string()).collect(),
-                default_frame_ancestors: vec![],
-                default_rate_limits: Default::default(),
-                upstream_allow: vec![],
-            },
-            tenants: vec![],
+            settings: Settings { host_templates, ..Default::default() },
             sandboxes: vec![sandbox("sb0001")],
-            previews: vec![],
-            verify_keys: vec![],
-            revocations: vec![],
-            shares: vec![],
-            deployments: vec![],
-            certificates: vec![],
-            acme_challenges: vec![],
+            ..Default::default()
         }
     }
 

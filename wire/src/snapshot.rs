@@ -260,7 +260,7 @@ pub struct AcmeChallenge {
 }
 
 /// Settings that come from control's command line rather than the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Settings {
     pub host_templates: Vec<String>,
@@ -275,7 +275,8 @@ pub struct Settings {
     pub upstream_allow: Vec<crate::Cidr>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is the empty state at version 0 (no host templates: it routes nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     pub version: u64,
@@ -462,24 +463,7 @@ mod tests {
         };
         assert_eq!(changes.len(), 1);
 
-        let snapshot = Snapshot {
-            version: 9,
-            settings: Settings {
-                host_templates: vec![],
-                default_frame_ancestors: vec![],
-                default_rate_limits: Default::default(),
-                upstream_allow: vec![],
-            },
-            tenants: vec![],
-            sandboxes: vec![],
-            previews: vec![],
-            verify_keys: vec![],
-            revocations: vec![],
-            shares: vec![],
-            deployments: vec![],
-            certificates: vec![],
-            acme_challenges: vec![],
-        };
+        let snapshot = Snapshot { version: 9, ..Default::default() };
         let json =
             serde_json::to_string(&FeedMessage::Snapshot { snapshot: snapshot.clone() }).expect("json");
         assert!(json.starts_with(r#"{"type":"snapshot","snapshot":{"#), "{json}");
