@@ -275,7 +275,8 @@ pub async fn check(config: &EdgeConfig) -> Result<String, StartError> {
 /// default (1460 bytes) the head of any larger response leaves in a packet of its own, and on loopback
 /// every packet wakes the reader. What flushes is unchanged: chunked and WebSocket data chunk by chunk (so
 /// server-sent events and HMR messages are not held back), a `Content-Length` body when it ends or fills
-/// the buffer.
+/// the buffer. The buffer is allocated per connection: 16 KiB more for each open one (idle keep-alives and
+/// WebSockets included), beside the 64 KiB Pingora reads into.
 fn downstream(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER))
 }
