@@ -458,3 +458,45 @@ async fn access_log_file_gets_one_json_line_per_request_without_query_or_credent
     assert_eq!(lines[3]["error"], "not_found");
     assert!(lines[3]["tenant"].is_null());
 }
+
+/// Server-sent events and streamed pages (Next.js) must not wait in the edge's write buffer: the first
+/// chunk reaches the client while the sandbox still holds the rest back, until the client has it.
+#[tokio::test]
+async fn a_streamed_response_reaches_the_client_chunk_by_chunk() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let ip = common::sandbox_ip();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (first_seen, mut release) = tokio::sync::mpsc::channel::<()>(1);
+    let _server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let _ = conn.write_all(format!("{head}d\r\ndata: first\n\n\r\n").as_bytes()).await;
+            // The rest only once the client has the first event (or after 30 s, which fails the test).
+            let _ = tokio::time::timeout(Duration::from_secs(30), release.recv()).await;
+            let _ = conn.write_all(b"e\r\ndata: second\n\n\r\n0\r\n\r\n").await;
+        }
+    });
+    let sb = tenant.sandbox(json!({"address": ip.to_string(), "default_visibility": "public"})).await;
+    stack.synced().await;
+    let host = format!("{port}-{}.sandbox.localhost", sb["id"].as_str().unwrap());
+    let mut resp = stack.edge.client().get(stack.edge.url(&host, "/events")).send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("the first event arrives while the sandbox holds the second back")
+        .expect("body")
+        .expect("a chunk");
+    assert_eq!(&first[..], b"data: first\n\n");
+    first_seen.send(()).await.expect("origin waiting");
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.expect("body") {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"data: second\n\n");
+}
