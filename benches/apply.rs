@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_edge::route::resolve;
-use portico_edge::state::store::{Disk, Record, Store};
+use portico_edge::state::store::{Disk, Record, Sent, Store};
 use portico_edge::state::{EdgeState, Snapshot};
 use portico_wire::{
     self as wire, Change, Preview, Sandbox, SandboxState, Settings, Share, Tenant, Visibility, WakePolicy,
@@ -162,16 +162,57 @@ fn feed_parts() {
     timed("edge compiles the snapshot", started);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = Store::new(dir.path().to_path_buf(), Disk::default());
+    let text = Sent::Json(raw.get().as_bytes().to_vec().into());
     let started = std::time::Instant::now();
-    store.write_base_json(snap.version, raw.get().as_bytes()).expect("base written");
+    store.write_base_as_sent(snap.version, &text).expect("base written");
     timed("edge writes the text as its state dir's base (with fsync)", started);
     let started = std::time::Instant::now();
     store.write_base(&snap).expect("base written");
-    timed("(serialising the compiled snapshot as the base instead, with fsync)", started);
+    timed("(compaction: the compiled snapshot packed as the base, with fsync)", started);
     drop(json);
     let started = std::time::Instant::now();
     drop(snap);
     timed("(dropping it)", started);
+    packed_parts();
+}
+
+/// The same cold start with the snapshot packed (`wire::packed`), as an edge that asks for it gets it.
+fn packed_parts() {
+    use std::io::Read;
+    let timed = |what: &str, started: std::time::Instant| {
+        println!("packed cold start part: {what} {:.2} s", started.elapsed().as_secs_f64())
+    };
+    let wire = wire_snapshot();
+    let started = std::time::Instant::now();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 16, gz);
+    wire::packed::encode(&wire, &mut buffered).expect("encodes");
+    let gzip =
+        buffered.into_inner().map_err(|e| e.into_error()).expect("flushes").finish().expect("compresses");
+    timed("control encodes and compresses it", started);
+    drop(wire);
+    let started = std::time::Instant::now();
+    let mut packed = Vec::new();
+    flate2::read::GzDecoder::new(gzip.as_slice()).read_to_end(&mut packed).expect("inflates");
+    timed("edge inflates it", started);
+    println!(
+        "packed cold start part: {:.1} MiB packed, {:.1} MiB gzipped",
+        packed.len() as f64 / 1048576.0,
+        gzip.len() as f64 / 1048576.0
+    );
+    let started = std::time::Instant::now();
+    let snapshot = wire::packed::decode(&packed).expect("decodes");
+    timed("edge decodes it", started);
+    let started = std::time::Instant::now();
+    let snap = Snapshot::from_wire(snapshot).expect("valid");
+    timed("edge compiles the snapshot", started);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::new(dir.path().to_path_buf(), Disk::default());
+    let version = snap.version;
+    let started = std::time::Instant::now();
+    store.write_base_as_sent(version, &Sent::Packed(packed.into())).expect("base written");
+    timed("edge writes it as its state dir's base (with fsync)", started);
+    drop(snap);
 }
 
 fn rss_bytes() -> usize {

@@ -145,9 +145,10 @@ fi
 HOST="1-$PROBE.sandbox.localhost"
 
 echo "--- one edge"
-# Seeded through this control: its snapshot is far behind; a starting edge would wait for a new build.
+# Seeded through this control: its snapshot is far behind; a starting edge would wait for a new build
+# (of the packed form, which edges ask for).
 curl -fsS -o /dev/null "$CONTROL/v1/edge/feed?since=0" -H "authorization: Bearer $PORTICO_EDGE_TOKEN" \
-  -H 'accept-encoding: gzip' && report "control's snapshot, current (last build)" "$(await_snapshot 0) ms"
+  -H 'accept-encoding: gzip' -H 'accept: application/vnd.portico.snapshot.v1' && report "control's snapshot, current (last build)" "$(await_snapshot 0) ms"
 start_edge 1
 FROM_CONTROL=$(python3 "$PROBE_PY" routed --edges "$(edges_list 1)" --host "$HOST" | cut -d' ' -f2)
 report "cold start from control, until routed" "${FROM_CONTROL} s"
@@ -157,7 +158,7 @@ python3 "$PROBE_PY" propagation --control "$CONTROL" --key "$KEY" --edges "$(edg
   --changes "$CHANGES" --rate "$RATE" | tee "$WORK/prop1"
 report "propagation, 1 edge (p50 / max)" "$(awk '/^all edges/ {print $5 " / " $9 " ms"}' "$WORK/prop1")"
 # Let it write its state dir, then stop it and control.
-for _ in $(seq 600); do [[ -s $WORK/edge1/snapshot.json ]] && break; sleep 0.1; done
+for _ in $(seq 600); do [[ -s $WORK/edge1/snapshot.bin ]] && break; sleep 0.1; done
 sleep 2
 stop "${EDGE_PID[1]}"; stop "$CONTROL_PID"
 report "state dir size" "$(du -sm "$WORK/edge1" | cut -f1) MiB"

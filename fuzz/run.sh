@@ -15,7 +15,7 @@ secs=${1:-60}
 shift $(( $# > 0 ? 1 : 0 ))
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(route host_templates credentials response_headers preview_token share_password)
+    targets=(route host_templates credentials response_headers preview_token share_password packed_snapshot)
 fi
 
 mkdir -p generated

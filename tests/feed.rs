@@ -99,7 +99,7 @@ async fn a_restart_replays_the_change_log_and_a_damaged_state_dir_never_stops_th
 
     // A garbage base: the edge still starts (and waits for control, routing nothing meanwhile).
     edge.proc.kill();
-    std::fs::write(dir.join("snapshot.json"), b"\x00garbage{").expect("garbage");
+    std::fs::write(dir.join("snapshot.bin"), b"\x00garbage{").expect("garbage");
     let edge = Edge::start(&stack.control.url, &dir).await;
     assert_eq!(edge.client().get(edge.url(&host(&a), "/")).send().await.expect("edge up").status(), 404);
 }
@@ -158,4 +158,40 @@ async fn edge_stops_promptly_on_sigterm() {
     assert!(took < Duration::from_secs(10), "edge took {took:?} to stop");
     let took = stack.control.proc.terminate();
     assert!(took < Duration::from_secs(10), "control took {took:?} to stop");
+}
+
+#[tokio::test]
+async fn control_packs_the_snapshot_for_an_edge_that_asks_and_sends_json_to_any_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No lag: each answer is built at the current version, so the two forms can be compared.
+    let control =
+        Control::start_with(&dir.path().join("control"), common::free_port(), &["--feed-snapshot-lag", "0"])
+            .await;
+    let tenant = common::Api::admin(&control.url).tenant("acme").await;
+    for _ in 0..3 {
+        tenant.sandbox(json!({"address": sandbox_ip().to_string(), "default_visibility": "public"})).await;
+    }
+    let get = |accept: &'static str| {
+        reqwest::Client::new()
+            .get(format!("{}/v1/edge/feed?since=0", control.url))
+            .bearer_auth(common::EDGE_TOKEN)
+            .header("accept", accept)
+            .send()
+    };
+    let content_type =
+        |r: &reqwest::Response| r.headers()["content-type"].to_str().expect("ascii").to_owned();
+
+    let resp = get("application/vnd.portico.snapshot.v1, application/json").await.expect("feed");
+    assert_eq!(content_type(&resp), portico_wire::packed::MEDIA_TYPE);
+    let packed = portico_wire::packed::decode(&resp.bytes().await.expect("body")).expect("decodes");
+    let resp = get("application/json").await.expect("feed");
+    assert_eq!(content_type(&resp), "application/json");
+    let portico_wire::FeedMessage::Snapshot { snapshot } = resp.json().await.expect("json") else {
+        panic!("not a snapshot")
+    };
+    assert_eq!(packed, snapshot);
+    assert_eq!(packed.sandboxes.len(), 3);
+    // A format this control does not write (a newer edge's): JSON, which every edge reads.
+    let resp = get("application/vnd.portico.snapshot.v2").await.expect("feed");
+    assert_eq!(content_type(&resp), "application/json");
 }

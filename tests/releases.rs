@@ -26,7 +26,7 @@ fn archive(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
         h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         if kind.is_symlink() {
-            h.set_link_name("../../snapshot.json").unwrap();
+            h.set_link_name("../../snapshot.bin").unwrap();
         }
         h.set_cksum();
         b.append(&h, *data).unwrap();
@@ -193,20 +193,20 @@ async fn no_spelling_of_a_path_escapes_the_release() {
     let tenant = stack.admin.tenant("acme").await;
     let host = static_site(&stack, &tenant, &site()).await;
     let attempts = [
-        "/../snapshot.json",
-        "/../../snapshot.json",
-        "/docs/../../snapshot.json",
-        "/%2e%2e/snapshot.json",
-        "/%2E%2E/%2e%2e/snapshot.json",
-        "/%2e%2e%2fsnapshot.json",
-        "/docs%2f..%2f..%2f..%2fsnapshot.json",
-        "/..%5csnapshot.json",
-        "/docs\\..\\..\\snapshot.json",
+        "/../snapshot.bin",
+        "/../../snapshot.bin",
+        "/docs/../../snapshot.bin",
+        "/%2e%2e/snapshot.bin",
+        "/%2E%2E/%2e%2e/snapshot.bin",
+        "/%2e%2e%2fsnapshot.bin",
+        "/docs%2f..%2f..%2f..%2fsnapshot.bin",
+        "/..%5csnapshot.bin",
+        "/docs\\..\\..\\snapshot.bin",
         "/index.html%00.js",
         "/%00",
-        "/%252e%252e/snapshot.json",
-        "/%c0%ae%c0%ae/snapshot.json",
-        "/.%2e/.%2e/snapshot.json",
+        "/%252e%252e/snapshot.bin",
+        "/%c0%ae%c0%ae/snapshot.bin",
+        "/.%2e/.%2e/snapshot.bin",
     ];
     let addr = stack.edge.addr;
     for path in attempts {

@@ -69,7 +69,7 @@ async fn up_generates_the_admin_key_once_and_serves_a_preview() {
 
     // Every file holding a secret or key material is readable by the owner only (SPEC §6): the database,
     // the generated keys and the edge's saved state (which carries certificates' private keys).
-    let saved = data.join("edge/snapshot.json");
+    let saved = data.join("edge/snapshot.bin");
     wait_until("the edge to save its state", Duration::from_secs(10), || {
         let saved = saved.clone();
         async move { saved.exists() }

@@ -56,7 +56,7 @@ pub struct FeedQuery {
     security(("edge_token" = [])),
     params(FeedQuery),
     responses(
-        (status = 200, description = "A snapshot, or the changes (none when the wait ran out)", body = FeedMessage),
+        (status = 200, description = "A snapshot, or the changes (none when the wait ran out). A snapshot is packed (`wire::packed`, its own media type) when the edge's `Accept` names `application/vnd.portico.snapshot.v1`", body = FeedMessage),
         (status = 400, response = crate::api::doc::BadRequest),
         (status = 401, response = crate::api::doc::Unauthorized),
         (status = 500, response = crate::api::doc::Internal),
@@ -73,13 +73,13 @@ pub async fn handler(
     match long_poll(&app, query.since, wait).await? {
         Next::Changes(message) => Ok(Json(message).into_response()),
         Next::Snapshot => {
-            let gzip = app.snapshots.latest(&app.pool).await?;
-            let accepts_gzip = headers
-                .get_all(header::ACCEPT_ENCODING)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-            let mut resp = if accepts_gzip {
+            let form = if accepts(&headers, header::ACCEPT, portico_wire::packed::MEDIA_TYPE) {
+                snapshots::Form::Packed
+            } else {
+                snapshots::Form::Json
+            };
+            let gzip = app.snapshots.latest(&app.pool, form).await?;
+            let mut resp = if accepts(&headers, header::ACCEPT_ENCODING, "gzip") {
                 let mut resp = Response::new(Body::from(gzip));
                 resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 resp
@@ -87,10 +87,20 @@ pub async fn handler(
                 // An edge built without gzip support: inflate this one answer for it.
                 Response::new(Body::from(snapshots::inflate(&gzip)?))
             };
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(form.media_type()));
             Ok(resp)
         }
     }
+}
+
+/// Whether a list header (`Accept`, `Accept-Encoding`) names `what`, parameters aside.
+fn accepts(headers: &HeaderMap, name: header::HeaderName, what: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| item.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(what)))
 }
 
 /// What a long-poll answers: changes (or none), or the whole state.

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use portico_wire::FeedAnswer;
+use portico_wire::{packed, FeedAnswer};
 use tokio::sync::mpsc;
 
-use crate::state::store::{self, Record, Store, StoreError};
+use crate::state::store::{self, Record, Sent, Store, StoreError};
 use crate::state::{EdgeState, Snapshot, StateError};
 
 /// How long control may hold a long-poll open before answering "no change".
@@ -31,6 +31,8 @@ pub enum FeedError {
     Status { url: String, status: u16 },
     #[error("control at {url} sent a feed answer that does not parse: {source}")]
     Parse { url: String, source: serde_json::Error },
+    #[error("control at {url} sent a packed snapshot that does not decode: {source}")]
+    Packed { url: String, source: portico_wire::packed::PackedError },
     #[error("control sent a state the edge cannot use: {0}")]
     State(#[from] StateError),
     #[error(transparent)]
@@ -39,9 +41,9 @@ pub enum FeedError {
 
 /// What the feed hands the writer of the state dir after each swap.
 enum Saved {
-    /// Control sent a whole snapshot: the dir gets it as a new base, the JSON text as control sent it
-    /// (writing it costs no serialisation: at a million sandboxes that took as long as parsing it).
-    Full { version: u64, json: Bytes },
+    /// Control sent a whole snapshot: the dir gets it as a new base, as control sent it (writing it costs
+    /// no serialisation: at a million sandboxes writing JSON took as long as parsing it).
+    Full { version: u64, sent: Sent },
     /// A batch of changes, as applied.
     Changes(Record),
 }
@@ -124,21 +126,37 @@ impl FeedClient {
         let since = self.state.load().version;
         let endpoint = format!("{url}/v1/edge/feed?since={since}&wait={wait}");
         let err = |source| FeedError::Http { url: url.to_string(), source };
-        let resp = http.get(&endpoint).bearer_auth(&self.edge_token).send().await.map_err(err)?;
+        // A snapshot packed, if control writes this edge's format; JSON otherwise (and always for changes).
+        let resp = http
+            .get(&endpoint)
+            .bearer_auth(&self.edge_token)
+            .header(reqwest::header::ACCEPT, ACCEPT)
+            .send()
+            .await
+            .map_err(err)?;
         if !resp.status().is_success() {
             return Err(FeedError::Status { url: url.to_string(), status: resp.status().as_u16() });
         }
+        let is_packed = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().eq_ignore_ascii_case(packed::MEDIA_TYPE.as_bytes()));
         let body = resp.bytes().await.map_err(err)?;
-        let answer =
-            read_answer(&body).map_err(|source| FeedError::Parse { url: url.to_string(), source })?;
+        let answer = if is_packed {
+            let snapshot =
+                packed::decode(&body).map_err(|source| FeedError::Packed { url: url.to_string(), source })?;
+            Answer::Snapshot { snapshot, sent: Sent::Packed(body) }
+        } else {
+            read_answer(&body).map_err(|source| FeedError::Parse { url: url.to_string(), source })?
+        };
         let polled = match answer {
             Answer::Snapshot { .. } => Polled::Snapshot,
             Answer::Changes { .. } => Polled::Changes,
         };
         let next = match answer {
-            Answer::Snapshot { snapshot, json } => {
+            Answer::Snapshot { snapshot, sent } => {
                 let version = snapshot.version;
-                Some((Snapshot::from_wire(snapshot)?, Saved::Full { version, json }))
+                Some((Snapshot::from_wire(snapshot)?, Saved::Full { version, sent }))
             }
             Answer::Changes { version, changes } if version != since || !changes.is_empty() => {
                 let current = self.state.load();
@@ -164,11 +182,15 @@ impl FeedClient {
     }
 }
 
-/// A feed answer, a snapshot with its own JSON text (a slice of the body).
+/// What the edge asks the feed for: its packed format (`packed::MEDIA_TYPE`, a test checks) first.
+const ACCEPT: &str = "application/vnd.portico.snapshot.v1, application/json";
+
+/// A feed answer, a snapshot with the bytes it came in (all of a packed body, or the snapshot's own JSON
+/// text, a slice of the body).
 // One per poll, moved once (as `wire::FeedMessage`): the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Answer {
-    Snapshot { snapshot: portico_wire::Snapshot, json: Bytes },
+    Snapshot { snapshot: portico_wire::Snapshot, sent: Sent },
     Changes { version: u64, changes: Vec<portico_wire::Change> },
 }
 
@@ -186,13 +208,13 @@ fn read_answer(body: &Bytes) -> Result<Answer, serde_json::Error> {
     let usual = body.strip_prefix(SNAPSHOT_ANSWER_PREFIX).and_then(|rest| rest.strip_suffix(b"}"));
     if let Some(text) = usual {
         if let Ok(snapshot) = serde_json::from_slice(text) {
-            return Ok(Answer::Snapshot { snapshot, json: slice(text) });
+            return Ok(Answer::Snapshot { snapshot, sent: Sent::Json(slice(text)) });
         }
     }
     Ok(match serde_json::from_slice::<FeedAnswer>(body)? {
         FeedAnswer::Snapshot(raw) => {
             let text = raw.get().as_bytes();
-            Answer::Snapshot { snapshot: serde_json::from_slice(text)?, json: slice(text) }
+            Answer::Snapshot { snapshot: serde_json::from_slice(text)?, sent: Sent::Json(slice(text)) }
         }
         FeedAnswer::Changes { version, changes } => Answer::Changes { version, changes },
     })
@@ -293,16 +315,16 @@ fn persist(store: &mut Store, batch: Vec<Saved>, current: &Snapshot) -> Result<(
     let mut records = Vec::new();
     for saved in batch {
         match saved {
-            Saved::Full { version, json } => {
-                full = Some((version, json));
+            Saved::Full { version, sent } => {
+                full = Some((version, sent));
                 records.clear();
             }
             Saved::Changes(r) => records.push(r),
         }
     }
-    if let Some((version, json)) = full {
-        store.write_base_json(version, &json)?;
-        drop(json);
+    if let Some((version, sent)) = full {
+        store.write_base_as_sent(version, &sent)?;
+        drop(sent);
         crate::memory::release_freed();
         if records.is_empty() {
             return Ok(());
@@ -369,8 +391,10 @@ mod tests {
         let other = format!(r#"{{"snapshot":{text},"type":"snapshot","added":[1,{{"b":2}}]}}"#);
         let trailing = format!(r#"{{"type":"snapshot","snapshot":{text},"added":true}}"#);
         for body in [usual, other.into_bytes(), trailing.into_bytes()] {
-            let Answer::Snapshot { snapshot: got, json } = read_answer(&Bytes::from(body)).unwrap() else {
-                panic!("not a snapshot")
+            let Answer::Snapshot { snapshot: got, sent: Sent::Json(json) } =
+                read_answer(&Bytes::from(body)).unwrap()
+            else {
+                panic!("not a snapshot's text")
             };
             assert_eq!(got, snapshot);
             assert_eq!(json, text.as_bytes());
@@ -399,13 +423,34 @@ mod tests {
         let current = Snapshot::from_wire(wire_snapshot(5)).unwrap().apply(6, vec![change.clone()]).unwrap();
         let batch = vec![
             Saved::Changes(Record { since: 1, version: 2, changes: vec![] }),
-            Saved::Full { version: 5, json: Bytes::from(text.clone()) },
+            Saved::Full { version: 5, sent: Sent::Json(Bytes::from(text.clone())) },
             Saved::Changes(Record { since: 5, version: 6, changes: vec![change] }),
         ];
         persist(&mut store, batch, &current).unwrap();
-        assert_eq!(std::fs::read(dir.path().join(store::BASE_FILE)).unwrap(), text);
+        assert_eq!(std::fs::read(dir.path().join(store::JSON_BASE_FILE)).unwrap(), text);
         let loaded = store::load(dir.path()).unwrap();
         assert_eq!(loaded.snapshot.version, 6);
         assert!(loaded.snapshot.sandboxes.get("sb0002").is_some());
+
+        // Packed, the same: its bytes become the base, and the JSON base goes.
+        let mut sent = Vec::new();
+        packed::encode(&wire_snapshot(7), &mut sent).unwrap();
+        let current = Snapshot::from_wire(wire_snapshot(7)).unwrap();
+        persist(
+            &mut store,
+            vec![Saved::Full { version: 7, sent: Sent::Packed(Bytes::from(sent.clone())) }],
+            &current,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(dir.path().join(store::BASE_FILE)).unwrap(), sent);
+        assert!(!dir.path().join(store::JSON_BASE_FILE).exists());
+        let loaded = store::load(dir.path()).unwrap();
+        assert_eq!(loaded.snapshot.version, 7);
+        assert!(loaded.snapshot.sandboxes.get("sb0001").is_some());
+    }
+
+    #[test]
+    fn the_edge_asks_for_its_own_packed_format_first() {
+        assert_eq!(ACCEPT.split(',').next(), Some(packed::MEDIA_TYPE));
     }
 }

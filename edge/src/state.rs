@@ -252,14 +252,25 @@ impl Snapshot {
         Ok(())
     }
 
-    /// The wire form, for the state dir.
+    /// The wire form.
     pub fn to_wire(&self) -> wire::Snapshot {
+        wire::Snapshot {
+            sandboxes: self.sandboxes.values().map(|s| (**s).clone()).collect(),
+            previews: self.previews.values().map(|p| (**p).clone()).collect(),
+            shares: self.shares.values().map(|s| (**s).clone()).collect(),
+            ..self.to_wire_but_records()
+        }
+    }
+
+    /// The wire form of all but the sandboxes, previews and shares (nearly all of it, by size): for the
+    /// state dir's packed base, which writes those straight from the maps.
+    pub fn to_wire_but_records(&self) -> wire::Snapshot {
         wire::Snapshot {
             version: self.version,
             settings: self.settings.clone(),
             tenants: self.tenants.values().map(|t| t.tenant.clone()).collect(),
-            sandboxes: self.sandboxes.values().map(|s| (**s).clone()).collect(),
-            previews: self.previews.values().map(|p| (**p).clone()).collect(),
+            sandboxes: Vec::new(),
+            previews: Vec::new(),
             verify_keys: self
                 .verify_keys
                 .iter()
@@ -270,7 +281,7 @@ impl Snapshot {
                 .iter()
                 .map(|(jti, exp)| wire::Revocation { jti: jti.to_string(), expires_at: *exp })
                 .collect(),
-            shares: self.shares.values().map(|s| (**s).clone()).collect(),
+            shares: Vec::new(),
             deployments: self.deployments.values().map(|d| (**d).clone()).collect(),
             certificates: self.certificates.values().map(|c| (**c).clone()).collect(),
             acme_challenges: self

@@ -2,6 +2,7 @@
 
 pub mod hosts;
 pub mod ids;
+pub mod packed;
 pub mod snapshot;
 pub mod tokens;
 pub mod upstream;

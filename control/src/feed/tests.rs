@@ -93,13 +93,14 @@ async fn pool_with_recent() -> AnyPool {
 }
 
 const MAX_BEHIND: u64 = snapshots::DEFAULT_LAG;
+use snapshots::Form::{Json, Packed};
 
 #[tokio::test]
 async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
     let pool = pool().await;
     add_changes(&pool, &[(3, "gone")], now_ms()).await;
     let snapshots = snapshots::Snapshots::new(MAX_BEHIND);
-    let (a, b) = tokio::join!(snapshots.latest(&pool), snapshots.latest(&pool));
+    let (a, b) = tokio::join!(snapshots.latest(&pool, Json), snapshots.latest(&pool, Json));
     let (a, b) = (a.expect("first"), b.expect("second"));
     assert_eq!(a.as_ptr(), b.as_ptr(), "one build, shared");
     let parsed: FeedMessage =
@@ -108,12 +109,12 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
 
     // A version or two behind: served as it is; the edge asks for the changes after it next.
     add_changes(&pool, &[(4, "gone2")], now_ms()).await;
-    let c = snapshots.latest(&pool).await.expect("after a change");
+    let c = snapshots.latest(&pool, Json).await.expect("after a change");
     assert_eq!(c.as_ptr(), a.as_ptr(), "a recent snapshot is reused");
     // Too far behind: rebuilt.
     let far = 4 + MAX_BEHIND as i64 + 1;
     add_changes(&pool, &[(far, "gone3")], now_ms()).await;
-    let d = snapshots.latest(&pool).await.expect("far behind");
+    let d = snapshots.latest(&pool, Json).await.expect("far behind");
     let parsed: FeedMessage =
         serde_json::from_slice(&snapshots::inflate(&d).expect("inflate")).expect("json");
     assert!(
@@ -123,14 +124,32 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
 }
 
 #[tokio::test]
+async fn each_form_is_built_and_shared_on_its_own_and_both_hold_the_same_state() {
+    let pool = pool().await;
+    add_changes(&pool, &[(3, "gone")], now_ms()).await;
+    let snapshots = snapshots::Snapshots::new(MAX_BEHIND);
+    let json = snapshots.latest(&pool, Json).await.expect("json");
+    let (a, b) = tokio::join!(snapshots.latest(&pool, Packed), snapshots.latest(&pool, Packed));
+    let (a, b) = (a.expect("first"), b.expect("second"));
+    assert_eq!(a.as_ptr(), b.as_ptr(), "one build, shared");
+    assert_ne!(a.as_ptr(), json.as_ptr(), "a form of its own");
+    let packed = portico_wire::packed::decode(&snapshots::inflate(&a).expect("inflate")).expect("decodes");
+    let parsed: FeedMessage =
+        serde_json::from_slice(&snapshots::inflate(&json).expect("inflate")).expect("json");
+    assert_eq!(parsed, FeedMessage::Snapshot { snapshot: packed });
+    // Asking for JSON again reuses the JSON built first.
+    assert_eq!(snapshots.latest(&pool, Json).await.expect("json").as_ptr(), json.as_ptr());
+}
+
+#[tokio::test]
 async fn a_snapshot_whose_following_changes_were_pruned_is_rebuilt() {
     let pool = pool().await;
     add_changes(&pool, &[(3, "a")], now_ms()).await;
     let snapshots = snapshots::Snapshots::new(MAX_BEHIND);
-    let a = snapshots.latest(&pool).await.expect("first");
+    let a = snapshots.latest(&pool, Json).await.expect("first");
     // Version 4 is gone from the change log: an edge at 3 could not catch up from it.
     add_changes(&pool, &[(5, "b")], now_ms()).await;
     sqlx::query("DELETE FROM changes WHERE version < 5").execute(&pool).await.expect("prune");
-    let b = snapshots.latest(&pool).await.expect("second");
+    let b = snapshots.latest(&pool, Json).await.expect("second");
     assert_ne!(a.as_ptr(), b.as_ptr(), "rebuilt");
 }

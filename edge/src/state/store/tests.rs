@@ -133,6 +133,38 @@ fn a_corrupt_base_falls_back_to_control() {
 }
 
 #[test]
+fn a_json_base_of_an_older_edge_loads_and_the_base_written_last_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::new(dir.path().to_path_buf(), Disk::default());
+    store.write_base(&snapshot(3)).expect("base");
+    assert!(dir.path().join(BASE_FILE).exists());
+    // An older edge sharing the dir writes its base as JSON, later.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let json = serde_json::to_vec(&snapshot(4).to_wire()).expect("json");
+    write_atomically(dir.path(), JSON_BASE_FILE, |w| {
+        w.write_all(&json).expect("write");
+        Ok(())
+    })
+    .expect("json base");
+    assert_eq!(load(dir.path()).expect("a saved state").snapshot.version, 4);
+    // This edge's next base replaces both.
+    store.write_base(&snapshot(5)).expect("base");
+    assert!(!dir.path().join(JSON_BASE_FILE).exists());
+    assert_eq!(load(dir.path()).expect("a saved state").snapshot.version, 5);
+}
+
+#[test]
+fn a_packed_base_of_another_format_falls_back_to_control() {
+    let (dir, _) = saved_dir();
+    let path = dir.path().join(BASE_FILE);
+    let mut bytes = std::fs::read(&path).expect("base");
+    assert!(bytes.starts_with(&packed::MAGIC));
+    bytes[packed::MAGIC.len()] = bytes[packed::MAGIC.len()].wrapping_add(1);
+    std::fs::write(&path, bytes).expect("write");
+    assert!(load(dir.path()).is_none());
+}
+
+#[test]
 fn an_empty_dir_holds_no_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     assert!(load(dir.path()).is_none());

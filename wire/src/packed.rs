@@ -1,0 +1,433 @@
+//! A whole [`Snapshot`] in a compact binary form, for the two places where its size is the cost: the
+//! first answer of the feed to a starting edge, and the edge's state dir base.
+//!
+//! Why: at a million sandboxes the JSON snapshot is ~270 MB; parsing it was most of an edge's cold start
+//! (ten edges starting at once on one control host spend seconds of CPU each), and writing it back as the
+//! state dir's base moved as many bytes again. The records that make up nearly all of it — sandboxes,
+//! previews, shares — are flat strings and small enums: here each is its fields in order, strings as a
+//! length and bytes, enums as one byte. Everything else (settings, tenants, keys, deployments…) is few,
+//! nested and changes shape more often: it travels as one JSON section inside, read as JSON is read
+//! (unknown fields ignored).
+//!
+//! Mixed versions: the binary records are not self-describing, so the form is versioned as a whole
+//! ([`FORMAT`], named in [`MEDIA_TYPE`]). An edge asks for it with `Accept`; a control that writes the
+//! same format answers with it, any other answers JSON, which every edge reads. The encoder destructures
+//! each record without `..`: a field added to one does not compile until it is written here, which is
+//! when [`FORMAT`] must change.
+//!
+//! Layout (integers little-endian, lengths and counts LEB128):
+//! `MAGIC` · format `u32` · version `u64` · JSON section (length, bytes) · sandboxes (count, records) ·
+//! previews (count, records) · shares (count, records), and nothing after.
+
+use std::io::{self, Write};
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{
+    AcmeChallenge, Certificate, Deployment, Preview, Revocation, Sandbox, SandboxState, Settings, Share,
+    Snapshot, Tenant, VerifyKey, Visibility, WakePolicy,
+};
+
+/// The first bytes of a packed snapshot, so that a file or body in another form is told apart at once.
+pub const MAGIC: [u8; 8] = *b"PORTICOS";
+/// The version of this layout. Change it with any change to the records below.
+pub const FORMAT: u32 = 1;
+/// The media type of this format, as an edge asks for it and control labels it.
+pub const MEDIA_TYPE: &str = "application/vnd.portico.snapshot.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackedError {
+    #[error("not a packed snapshot (its first bytes are not the format's mark)")]
+    Magic,
+    #[error("a packed snapshot of format {found}; this build reads format {FORMAT}")]
+    Format { found: u32 },
+    #[error("a packed snapshot cut short (at byte {0})")]
+    Truncated(usize),
+    #[error("a packed snapshot with text that is not UTF-8 (at byte {0})")]
+    Utf8(usize),
+    #[error("a packed snapshot with an unknown {what} ({byte}) at byte {at}")]
+    Tag { what: &'static str, byte: u8, at: usize },
+    #[error("a packed snapshot with {0} bytes after its end")]
+    Trailing(usize),
+    #[error("a packed snapshot's JSON section: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The snapshot's few, nested parts, written as its JSON section.
+#[derive(Serialize)]
+pub struct Rest<'a> {
+    pub settings: &'a Settings,
+    pub tenants: &'a [Tenant],
+    pub verify_keys: &'a [VerifyKey],
+    pub revocations: &'a [Revocation],
+    pub deployments: &'a [Deployment],
+    pub certificates: &'a [Certificate],
+    pub acme_challenges: &'a [AcmeChallenge],
+}
+
+#[derive(Deserialize)]
+struct RestIn {
+    settings: Settings,
+    tenants: Vec<Tenant>,
+    #[serde(default)]
+    verify_keys: Vec<VerifyKey>,
+    #[serde(default)]
+    revocations: Vec<Revocation>,
+    #[serde(default)]
+    deployments: Vec<Deployment>,
+    #[serde(default)]
+    certificates: Vec<Certificate>,
+    #[serde(default)]
+    acme_challenges: Vec<AcmeChallenge>,
+}
+
+/// Writes `snapshot` packed. Many small writes: give it a buffered writer.
+pub fn encode(snapshot: &Snapshot, out: &mut impl Write) -> io::Result<()> {
+    let Snapshot {
+        version,
+        settings,
+        tenants,
+        sandboxes,
+        previews,
+        verify_keys,
+        revocations,
+        shares,
+        deployments,
+        certificates,
+        acme_challenges,
+    } = snapshot;
+    let rest =
+        Rest { settings, tenants, verify_keys, revocations, deployments, certificates, acme_challenges };
+    encode_parts(
+        *version,
+        &rest,
+        Records { len: sandboxes.len(), iter: sandboxes },
+        Records { len: previews.len(), iter: previews },
+        Records { len: shares.len(), iter: shares },
+        out,
+    )
+}
+
+/// A sequence of records and how many it holds (written first). A count that the records do not match
+/// is an error, never a damaged snapshot.
+pub struct Records<I> {
+    pub len: usize,
+    pub iter: I,
+}
+
+/// Writes a snapshot packed from its parts, for a holder of the records in another form (the edge's
+/// compiled state) that would otherwise copy a million of them into a [`Snapshot`] first.
+pub fn encode_parts<'s, W: Write>(
+    version: u64,
+    rest: &Rest<'_>,
+    sandboxes: Records<impl IntoIterator<Item = &'s Sandbox>>,
+    previews: Records<impl IntoIterator<Item = &'s Preview>>,
+    shares: Records<impl IntoIterator<Item = &'s Share>>,
+    out: &mut W,
+) -> io::Result<()> {
+    out.write_all(&MAGIC)?;
+    out.write_all(&FORMAT.to_le_bytes())?;
+    out.write_all(&version.to_le_bytes())?;
+    bytes(out, &serde_json::to_vec(rest)?)?;
+    let mut w = Writer(out);
+    w.records(sandboxes, Writer::sandbox)?;
+    w.records(previews, Writer::preview)?;
+    w.records(shares, Writer::share)
+}
+
+/// The snapshot packed in `input`, which must be exactly one.
+pub fn decode(input: &[u8]) -> Result<Snapshot, PackedError> {
+    let mut r = Reader { input, at: 0 };
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err(PackedError::Magic);
+    }
+    let found = u32::from_le_bytes(r.array()?);
+    if found != FORMAT {
+        return Err(PackedError::Format { found });
+    }
+    let version = u64::from_le_bytes(r.array()?);
+    let n = r.len()?;
+    let rest: RestIn = serde_json::from_slice(r.take(n)?)?;
+    // Counts come from the input: capacity is never more than the bytes left could hold.
+    let n = r.len()?;
+    let mut sandboxes = Vec::with_capacity(n.min(r.left() / 8));
+    for _ in 0..n {
+        sandboxes.push(r.sandbox()?);
+    }
+    let n = r.len()?;
+    let mut previews = Vec::with_capacity(n.min(r.left() / 8));
+    for _ in 0..n {
+        previews.push(r.preview()?);
+    }
+    let n = r.len()?;
+    let mut shares = Vec::with_capacity(n.min(r.left() / 8));
+    for _ in 0..n {
+        shares.push(r.share()?);
+    }
+    if r.left() > 0 {
+        return Err(PackedError::Trailing(r.left()));
+    }
+    Ok(Snapshot {
+        version,
+        settings: rest.settings,
+        tenants: rest.tenants,
+        sandboxes,
+        previews,
+        verify_keys: rest.verify_keys,
+        revocations: rest.revocations,
+        shares,
+        deployments: rest.deployments,
+        certificates: rest.certificates,
+        acme_challenges: rest.acme_challenges,
+    })
+}
+
+/// The version a packed snapshot is at, read from its header alone.
+pub fn version_of(input: &[u8]) -> Result<u64, PackedError> {
+    let mut r = Reader { input, at: 0 };
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err(PackedError::Magic);
+    }
+    let found = u32::from_le_bytes(r.array()?);
+    if found != FORMAT {
+        return Err(PackedError::Format { found });
+    }
+    Ok(u64::from_le_bytes(r.array()?))
+}
+
+fn bytes(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
+    Writer(out).len(b.len())?;
+    out.write_all(b)
+}
+
+struct Writer<'w, W>(&'w mut W);
+
+impl<W: Write> Writer<'_, W> {
+    fn records<T>(
+        &mut self,
+        records: Records<impl IntoIterator<Item = T>>,
+        mut write: impl FnMut(&mut Self, T) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.len(records.len)?;
+        let mut written = 0usize;
+        for r in records.iter {
+            write(self, r)?;
+            written += 1;
+        }
+        if written != records.len {
+            let e = format!("{} records where {} were announced", written, records.len);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        Ok(())
+    }
+
+    fn len(&mut self, mut n: usize) -> io::Result<()> {
+        let mut buf = [0u8; 10];
+        let mut i = 0;
+        loop {
+            let low = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                buf[i] = low;
+                break;
+            }
+            buf[i] = low | 0x80;
+            i += 1;
+        }
+        self.0.write_all(&buf[..=i])
+    }
+
+    fn str(&mut self, s: &str) -> io::Result<()> {
+        self.len(s.len())?;
+        self.0.write_all(s.as_bytes())
+    }
+
+    fn u8(&mut self, b: u8) -> io::Result<()> {
+        self.0.write_all(&[b])
+    }
+
+    fn sandbox(&mut self, s: &Sandbox) -> io::Result<()> {
+        // No `..`: a new field must be written here (and FORMAT changed) before this compiles.
+        let Sandbox {
+            id,
+            tenant_id,
+            address,
+            state,
+            default_visibility,
+            wake_policy,
+            preview_auth_sha256,
+            allow_preflight,
+        } = s;
+        self.str(id)?;
+        self.str(tenant_id)?;
+        self.str(address)?;
+        self.u8(match state {
+            SandboxState::Running => 0,
+            SandboxState::Hibernated => 1,
+            SandboxState::Waking => 2,
+        })?;
+        self.u8(visibility(*default_visibility))?;
+        self.u8(match wake_policy {
+            WakePolicy::OnRequest => 0,
+            WakePolicy::Off => 1,
+        })?;
+        match preview_auth_sha256 {
+            None => self.u8(0)?,
+            Some(h) => {
+                self.u8(1)?;
+                self.str(h)?;
+            }
+        }
+        self.u8(u8::from(*allow_preflight))
+    }
+
+    fn preview(&mut self, p: &Preview) -> io::Result<()> {
+        let Preview { id, slug, tenant_id, sandbox_id, port, visibility: v } = p;
+        self.str(id)?;
+        self.str(slug)?;
+        self.str(tenant_id)?;
+        self.str(sandbox_id)?;
+        self.0.write_all(&port.to_le_bytes())?;
+        self.u8(visibility(*v))
+    }
+
+    fn share(&mut self, s: &Share) -> io::Result<()> {
+        let Share { id, tenant_id, preview_id, sha256, expires_at, password } = s;
+        self.str(id)?;
+        self.str(tenant_id)?;
+        self.str(preview_id)?;
+        self.str(sha256)?;
+        match expires_at {
+            None => self.u8(0)?,
+            Some(t) => {
+                self.u8(1)?;
+                self.0.write_all(&t.to_le_bytes())?;
+            }
+        }
+        self.u8(u8::from(*password))
+    }
+}
+
+fn visibility(v: Visibility) -> u8 {
+    match v {
+        Visibility::Private => 0,
+        Visibility::Public => 1,
+    }
+}
+
+struct Reader<'a> {
+    input: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn left(&self) -> usize {
+        self.input.len() - self.at
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PackedError> {
+        let end = self.at.checked_add(n).filter(|end| *end <= self.input.len());
+        let end = end.ok_or(PackedError::Truncated(self.input.len()))?;
+        let taken = &self.input[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PackedError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, PackedError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn len(&mut self) -> Result<usize, PackedError> {
+        let mut n = 0usize;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            n |= usize::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(PackedError::Tag { what: "length", byte: 0x80, at: self.at })
+    }
+
+    fn str(&mut self) -> Result<&'a str, PackedError> {
+        let n = self.len()?;
+        let at = self.at;
+        std::str::from_utf8(self.take(n)?).map_err(|_| PackedError::Utf8(at))
+    }
+
+    fn compact(&mut self) -> Result<CompactString, PackedError> {
+        self.str().map(CompactString::new)
+    }
+
+    fn tag(&mut self, what: &'static str, max: u8) -> Result<u8, PackedError> {
+        let at = self.at;
+        let byte = self.u8()?;
+        if byte > max {
+            return Err(PackedError::Tag { what, byte, at });
+        }
+        Ok(byte)
+    }
+
+    fn flag(&mut self, what: &'static str) -> Result<bool, PackedError> {
+        Ok(self.tag(what, 1)? == 1)
+    }
+
+    fn visibility(&mut self) -> Result<Visibility, PackedError> {
+        Ok(if self.flag("visibility")? { Visibility::Public } else { Visibility::Private })
+    }
+
+    fn sandbox(&mut self) -> Result<Sandbox, PackedError> {
+        Ok(Sandbox {
+            id: self.compact()?,
+            tenant_id: self.compact()?,
+            address: self.compact()?,
+            state: match self.tag("sandbox state", 2)? {
+                0 => SandboxState::Running,
+                1 => SandboxState::Hibernated,
+                _ => SandboxState::Waking,
+            },
+            default_visibility: self.visibility()?,
+            wake_policy: if self.flag("wake policy")? { WakePolicy::Off } else { WakePolicy::OnRequest },
+            preview_auth_sha256: match self.flag("optional token hash")? {
+                false => None,
+                true => Some(self.str()?.to_owned()),
+            },
+            allow_preflight: self.flag("preflight flag")?,
+        })
+    }
+
+    fn preview(&mut self) -> Result<Preview, PackedError> {
+        Ok(Preview {
+            id: self.compact()?,
+            slug: self.compact()?,
+            tenant_id: self.compact()?,
+            sandbox_id: self.compact()?,
+            port: u16::from_le_bytes(self.array()?),
+            visibility: self.visibility()?,
+        })
+    }
+
+    fn share(&mut self) -> Result<Share, PackedError> {
+        Ok(Share {
+            id: self.str()?.to_owned(),
+            tenant_id: self.str()?.to_owned(),
+            preview_id: self.str()?.to_owned(),
+            sha256: self.str()?.to_owned(),
+            expires_at: match self.flag("optional expiry")? {
+                false => None,
+                true => Some(u64::from_le_bytes(self.array()?)),
+            },
+            password: self.flag("password flag")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
