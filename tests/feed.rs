@@ -191,6 +191,21 @@ async fn control_packs_the_snapshot_for_an_edge_that_asks_and_sends_json_to_any_
     };
     assert_eq!(packed, snapshot);
     assert_eq!(packed.sandboxes.len(), 3);
+    // What an edge gets: zstd-compressed, the same snapshot.
+    let resp = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("client")
+        .get(format!("{}/v1/edge/feed?since=0", control.url))
+        .bearer_auth(common::EDGE_TOKEN)
+        .header("accept", portico_wire::packed::MEDIA_TYPE)
+        .header("accept-encoding", "zstd, gzip")
+        .send()
+        .await
+        .expect("feed");
+    assert_eq!(resp.headers()["content-encoding"], "zstd");
+    let body = zstd::decode_all(&resp.bytes().await.expect("body")[..]).expect("zstd");
+    assert_eq!(portico_wire::packed::decode(&body).expect("decodes"), snapshot);
     // A format this control does not write (a newer edge's): JSON, which every edge reads.
     let resp = get("application/vnd.portico.snapshot.v2").await.expect("feed");
     assert_eq!(content_type(&resp), "application/json");

@@ -78,14 +78,15 @@ pub async fn handler(
             } else {
                 snapshots::Form::Json
             };
-            let gzip = app.snapshots.latest(&app.pool, form).await?;
-            let mut resp = if accepts(&headers, header::ACCEPT_ENCODING, "gzip") {
-                let mut resp = Response::new(Body::from(gzip));
-                resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            let compressed = app.snapshots.latest(&app.pool, form).await?;
+            let mut resp = if accepts(&headers, header::ACCEPT_ENCODING, form.encoding()) {
+                let mut resp = Response::new(Body::from(compressed));
+                let encoding = HeaderValue::from_static(form.encoding());
+                resp.headers_mut().insert(header::CONTENT_ENCODING, encoding);
                 resp
             } else {
-                // An edge built without gzip support: inflate this one answer for it.
-                Response::new(Body::from(snapshots::inflate(&gzip)?))
+                // An edge that does not read this compression: decompress this one answer for it.
+                Response::new(Body::from(snapshots::decompress(form, &compressed)?))
             };
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(form.media_type()));
             Ok(resp)

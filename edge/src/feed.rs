@@ -15,7 +15,7 @@ use portico_wire::{packed, FeedAnswer};
 use tokio::sync::mpsc;
 
 use crate::state::store::{self, Record, Sent, Store, StoreError};
-use crate::state::{EdgeState, Snapshot, StateError};
+use crate::state::{EdgeState, Snapshot, StateError, MAX_SNAPSHOT_BYTES};
 
 /// How long control may hold a long-poll open before answering "no change".
 const WAIT_SECS: u64 = 25;
@@ -31,8 +31,8 @@ pub enum FeedError {
     Status { url: String, status: u16 },
     #[error("control at {url} sent a feed answer that does not parse: {source}")]
     Parse { url: String, source: serde_json::Error },
-    #[error("control at {url} sent a packed snapshot that does not decode: {source}")]
-    Packed { url: String, source: portico_wire::packed::PackedError },
+    #[error("control at {url} sent an answer that does not decompress: {source}")]
+    Decompress { url: String, source: std::io::Error },
     #[error("control sent a state the edge cannot use: {0}")]
     State(#[from] StateError),
     #[error(transparent)]
@@ -131,6 +131,7 @@ impl FeedClient {
             .get(&endpoint)
             .bearer_auth(&self.edge_token)
             .header(reqwest::header::ACCEPT, ACCEPT)
+            .header(reqwest::header::ACCEPT_ENCODING, "zstd, gzip")
             .send()
             .await
             .map_err(err)?;
@@ -141,19 +142,29 @@ impl FeedClient {
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().eq_ignore_ascii_case(packed::MEDIA_TYPE.as_bytes()));
-        let body = resp.bytes().await.map_err(err)?;
+        // gzip the client undoes itself. zstd (the packed form's): a packed snapshot is decompressed as
+        // it is decoded, and kept compressed for the state dir; anything else is decompressed here.
+        let zstd =
+            resp.headers().get(reqwest::header::CONTENT_ENCODING).is_some_and(|e| e.as_bytes() == b"zstd");
+        let mut body = resp.bytes().await.map_err(err)?;
+        if zstd && !is_packed {
+            body = unzstd(&body).map_err(|source| FeedError::Decompress { url: url.to_string(), source })?;
+        }
         let answer = if is_packed {
-            let snapshot =
-                packed::decode(&body).map_err(|source| FeedError::Packed { url: url.to_string(), source })?;
-            Answer::Snapshot { snapshot, sent: Sent::Packed(body) }
+            Answer::Packed(body)
         } else {
             read_answer(&body).map_err(|source| FeedError::Parse { url: url.to_string(), source })?
         };
         let polled = match answer {
-            Answer::Snapshot { .. } => Polled::Snapshot,
+            Answer::Snapshot { .. } | Answer::Packed(_) => Polled::Snapshot,
             Answer::Changes { .. } => Polled::Changes,
         };
         let next = match answer {
+            Answer::Packed(body) => {
+                let snapshot = Snapshot::from_packed(&body)?;
+                let version = snapshot.version;
+                Some((snapshot, Saved::Full { version, sent: Sent::Packed(body) }))
+            }
             Answer::Snapshot { snapshot, sent } => {
                 let version = snapshot.version;
                 Some((Snapshot::from_wire(snapshot)?, Saved::Full { version, sent }))
@@ -182,16 +193,43 @@ impl FeedClient {
     }
 }
 
+/// A zstd body decompressed into one buffer of the size its frame states, when it states one.
+fn unzstd(body: &[u8]) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let too_big = || std::io::Error::new(std::io::ErrorKind::InvalidData, "an answer over 4 GiB");
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) if size > MAX_SNAPSHOT_BYTES => Err(too_big()),
+        Ok(Some(size)) => zstd::bulk::decompress(body, size as usize).map(Bytes::from),
+        // No size stated: read it as a stream, up to the limit.
+        _ => {
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(body)?.take(MAX_SNAPSHOT_BYTES + 1).read_to_end(&mut out)?;
+            if out.len() as u64 > MAX_SNAPSHOT_BYTES {
+                return Err(too_big());
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
 /// What the edge asks the feed for: its packed format (`packed::MEDIA_TYPE`, a test checks) first.
 const ACCEPT: &str = "application/vnd.portico.snapshot.v1, application/json";
 
-/// A feed answer, a snapshot with the bytes it came in (all of a packed body, or the snapshot's own JSON
-/// text, a slice of the body).
+/// A feed answer: a snapshot with the bytes it came in (a packed body, or a parsed snapshot and its own
+/// JSON text, a slice of the body), or changes.
 // One per poll, moved once (as `wire::FeedMessage`): the size difference between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Answer {
-    Snapshot { snapshot: portico_wire::Snapshot, sent: Sent },
-    Changes { version: u64, changes: Vec<portico_wire::Change> },
+    /// A packed snapshot (`wire::packed`, zstd-compressed or not), compiled straight from these bytes.
+    Packed(Bytes),
+    Snapshot {
+        snapshot: portico_wire::Snapshot,
+        sent: Sent,
+    },
+    Changes {
+        version: u64,
+        changes: Vec<portico_wire::Change>,
+    },
 }
 
 /// How control lays out a snapshot answer: its text is then what lies between this and the final `}`.
@@ -435,6 +473,8 @@ mod tests {
         // Packed, the same: its bytes become the base, and the JSON base goes.
         let mut sent = Vec::new();
         packed::encode(&wire_snapshot(7), &mut sent).unwrap();
+        // As control sends it.
+        let sent = zstd::bulk::compress(&sent, 3).unwrap();
         let current = Snapshot::from_wire(wire_snapshot(7)).unwrap();
         persist(
             &mut store,
@@ -447,6 +487,20 @@ mod tests {
         let loaded = store::load(dir.path()).unwrap();
         assert_eq!(loaded.snapshot.version, 7);
         assert!(loaded.snapshot.sandboxes.get("sb0001").is_some());
+    }
+
+    #[test]
+    fn zstd_answers_decompress_with_or_without_a_stated_size_and_garbage_is_an_error() {
+        let data = b"a packed snapshot, or anything".repeat(1000);
+        let sized = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(unzstd(&sized).unwrap(), data);
+        let mut streamed = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut streamed, &data).unwrap();
+        let streamed = streamed.finish().unwrap();
+        assert_eq!(zstd::zstd_safe::get_frame_content_size(&streamed).ok().flatten(), None);
+        assert_eq!(unzstd(&streamed).unwrap(), data);
+        assert!(unzstd(b"not zstd").is_err());
+        assert!(unzstd(&sized[..sized.len() / 2]).is_err());
     }
 
     #[test]

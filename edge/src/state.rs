@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::io::Read;
+
 use arc_swap::ArcSwap;
+use portico_wire::packed::PackedError;
 use portico_wire::{self as wire, tokens, HostTemplate, TemplateError};
 
 use crate::headers::frame_ancestors_directive;
@@ -25,10 +28,18 @@ pub struct TenantEntry {
     pub metrics: crate::metrics::TenantMetrics,
 }
 
+/// The first bytes of a zstd frame.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The most a decompressed snapshot may take: control is trusted with the state, not with the edge's
+/// memory (a million sandboxes take a few hundred MB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Packed(#[from] PackedError),
 }
 
 pub use cowmap::{CowIndex, CowMap, KeyOf};
@@ -163,21 +174,58 @@ impl Snapshot {
         }
     }
 
-    pub fn from_wire(snapshot: wire::Snapshot) -> Result<Self, StateError> {
+    pub fn from_wire(mut snapshot: wire::Snapshot) -> Result<Self, StateError> {
+        let sandboxes = std::mem::take(&mut snapshot.sandboxes).into_iter().map(Arc::new).collect();
+        let previews = std::mem::take(&mut snapshot.previews).into_iter().map(Arc::new).collect();
+        let shares = std::mem::take(&mut snapshot.shares).into_iter().map(Arc::new).collect();
+        Self::from_parts(snapshot, sandboxes, previews, shares)
+    }
+
+    /// A packed snapshot (`wire::packed`) as control sends it and the state dir keeps it, zstd-compressed
+    /// or not, compiled as it is decoded: a compressed one is decompressed as a stream, and each record
+    /// goes straight into the `Arc` the maps hold. At a million sandboxes the whole decompressed snapshot,
+    /// and a list of wire records, were each ~100 MB more to write once and read once on a cold start.
+    pub fn from_packed(bytes: &[u8]) -> Result<Self, StateError> {
+        if !bytes.starts_with(&ZSTD_MAGIC) {
+            return Self::decode_packed(bytes);
+        }
+        let stream = zstd::stream::read::Decoder::with_buffer(bytes).map_err(PackedError::Read)?;
+        // Past the limit the stream ends, and decoding says the snapshot is cut short.
+        Self::decode_packed(std::io::BufReader::with_capacity(1 << 16, stream.take(MAX_SNAPSHOT_BYTES)))
+    }
+
+    fn decode_packed(packed: impl std::io::BufRead) -> Result<Self, StateError> {
+        let (mut sandboxes, mut previews, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+        let rest = portico_wire::packed::decode_with(
+            packed,
+            |r| sandboxes.push(Arc::new(r)),
+            |r| previews.push(Arc::new(r)),
+            |r| shares.push(Arc::new(r)),
+        )?;
+        Self::from_parts(rest, sandboxes, previews, shares)
+    }
+
+    /// `snapshot` (its own record lists ignored) with these records.
+    fn from_parts(
+        snapshot: wire::Snapshot,
+        sandboxes: Vec<Arc<wire::Sandbox>>,
+        previews: Vec<Arc<wire::Preview>>,
+        shares: Vec<Arc<wire::Share>>,
+    ) -> Result<Self, StateError> {
         let mut s = Self::empty();
         s.set_settings(snapshot.settings)?;
         for t in snapshot.tenants {
             s.upsert_tenant(t);
         }
-        s.index_sandboxes(snapshot.sandboxes);
-        s.index_previews(snapshot.previews);
+        s.index_sandboxes(sandboxes);
+        s.index_previews(previews);
         for k in snapshot.verify_keys {
             s.upsert_verify_key(k);
         }
         for r in snapshot.revocations {
             s.revocations.insert(r.jti.as_str().into(), r.expires_at);
         }
-        s.index_shares(snapshot.shares);
+        s.index_shares(shares);
         for d in snapshot.deployments {
             s.upsert_deployment(d);
         }
@@ -334,8 +382,7 @@ impl Snapshot {
 
     /// A whole snapshot's sandboxes, indexed at once. Ids are unique in what control sends; were one
     /// repeated, the records go in one by one instead, so that the last one wins everywhere.
-    fn index_sandboxes(&mut self, sandboxes: Vec<wire::Sandbox>) {
-        let records: Vec<Arc<wire::Sandbox>> = sandboxes.into_iter().map(Arc::new).collect();
+    fn index_sandboxes(&mut self, records: Vec<Arc<wire::Sandbox>>) {
         let by_id = CowIndex::build(records.iter().cloned());
         if by_id.len() != records.len() {
             records.into_iter().for_each(|r| self.upsert_sandbox(Arc::unwrap_or_clone(r)));
@@ -347,18 +394,18 @@ impl Snapshot {
     }
 
     /// A whole snapshot's previews, indexed at once (see [`Self::index_sandboxes`]).
-    fn index_previews(&mut self, previews: Vec<wire::Preview>) {
+    fn index_previews(&mut self, previews: Vec<Arc<wire::Preview>>) {
         match indexed_twice(previews) {
             Ok((by_id, by_slug)) => (self.previews_by_id, self.previews) = (by_id, by_slug),
-            Err(records) => records.into_iter().for_each(|r| self.upsert_preview(r)),
+            Err(records) => records.into_iter().for_each(|r| self.upsert_preview(Arc::unwrap_or_clone(r))),
         }
     }
 
     /// A whole snapshot's shares, indexed at once (see [`Self::index_sandboxes`]).
-    fn index_shares(&mut self, shares: Vec<wire::Share>) {
+    fn index_shares(&mut self, shares: Vec<Arc<wire::Share>>) {
         match indexed_twice(shares) {
             Ok((by_id, by_hash)) => (self.shares_by_id, self.shares) = (by_id, by_hash),
-            Err(records) => records.into_iter().for_each(|r| self.upsert_share(r)),
+            Err(records) => records.into_iter().for_each(|r| self.upsert_share(Arc::unwrap_or_clone(r))),
         }
     }
 
@@ -529,15 +576,14 @@ pub mod store;
 /// they go in one at a time, the last one winning everywhere).
 #[allow(clippy::type_complexity)]
 fn indexed_twice<T: Clone, A: KeyOf<T>, B: KeyOf<T>>(
-    records: Vec<T>,
-) -> Result<(CowIndex<T, A>, CowIndex<T, B>), Vec<T>> {
-    let records: Vec<Arc<T>> = records.into_iter().map(Arc::new).collect();
+    records: Vec<Arc<T>>,
+) -> Result<(CowIndex<T, A>, CowIndex<T, B>), Vec<Arc<T>>> {
     let (a, b) = (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
     if a.len() == records.len() && b.len() == records.len() {
         return Ok((a, b));
     }
     drop((a, b));
-    Err(records.into_iter().map(Arc::unwrap_or_clone).collect())
+    Err(records)
 }
 
 #[cfg(test)]

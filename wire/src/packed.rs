@@ -19,7 +19,7 @@
 //! `MAGIC` · format `u32` · version `u64` · JSON section (length, bytes) · sandboxes (count, records) ·
 //! previews (count, records) · shares (count, records), and nothing after.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -48,8 +48,10 @@ pub enum PackedError {
     Utf8(usize),
     #[error("a packed snapshot with an unknown {what} ({byte}) at byte {at}")]
     Tag { what: &'static str, byte: u8, at: usize },
-    #[error("a packed snapshot with {0} bytes after its end")]
+    #[error("a packed snapshot with more bytes after its end (at byte {0})")]
     Trailing(usize),
+    #[error("reading a packed snapshot: {0}")]
+    Read(io::Error),
     #[error("a packed snapshot's JSON section: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -138,45 +140,46 @@ pub fn encode_parts<'s, W: Write>(
 
 /// The snapshot packed in `input`, which must be exactly one.
 pub fn decode(input: &[u8]) -> Result<Snapshot, PackedError> {
-    let mut r = Reader { input, at: 0 };
-    if r.take(MAGIC.len())? != MAGIC {
-        return Err(PackedError::Magic);
-    }
-    let found = u32::from_le_bytes(r.array()?);
-    if found != FORMAT {
-        return Err(PackedError::Format { found });
-    }
-    let version = u64::from_le_bytes(r.array()?);
+    let (mut sandboxes, mut previews, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    let rest = decode_with(input, |s| sandboxes.push(s), |p| previews.push(p), |s| shares.push(s))?;
+    Ok(Snapshot { sandboxes, previews, shares, ..rest })
+}
+
+/// Decodes one packed snapshot from `input` (a slice, or a decompressing stream: nothing is read ahead
+/// of what is decoded), handing each sandbox, preview and share to its function as it is read, for a
+/// holder that keeps them in another form (the edge's maps): a list of a million records in between
+/// would be written once and read once. Returns the rest, with those three lists empty.
+pub fn decode_with(
+    input: impl BufRead,
+    mut sandbox: impl FnMut(Sandbox),
+    mut preview: impl FnMut(Preview),
+    mut share: impl FnMut(Share),
+) -> Result<Snapshot, PackedError> {
+    let mut r = Reader::new(input);
+    let version = r.header()?;
     let n = r.len()?;
-    let rest: RestIn = serde_json::from_slice(r.take(n)?)?;
-    // Counts come from the input: capacity is never more than the bytes left could hold.
-    let n = r.len()?;
-    let mut sandboxes = Vec::with_capacity(n.min(r.left() / 8));
-    for _ in 0..n {
-        sandboxes.push(r.sandbox()?);
+    let rest: RestIn = r.with(n, |b| serde_json::from_slice(b))??;
+    for _ in 0..r.len()? {
+        sandbox(r.sandbox()?);
     }
-    let n = r.len()?;
-    let mut previews = Vec::with_capacity(n.min(r.left() / 8));
-    for _ in 0..n {
-        previews.push(r.preview()?);
+    for _ in 0..r.len()? {
+        preview(r.preview()?);
     }
-    let n = r.len()?;
-    let mut shares = Vec::with_capacity(n.min(r.left() / 8));
-    for _ in 0..n {
-        shares.push(r.share()?);
+    for _ in 0..r.len()? {
+        share(r.share()?);
     }
-    if r.left() > 0 {
-        return Err(PackedError::Trailing(r.left()));
+    if !r.at_end()? {
+        return Err(PackedError::Trailing(r.at));
     }
     Ok(Snapshot {
         version,
         settings: rest.settings,
         tenants: rest.tenants,
-        sandboxes,
-        previews,
+        sandboxes: Vec::new(),
+        previews: Vec::new(),
         verify_keys: rest.verify_keys,
         revocations: rest.revocations,
-        shares,
+        shares: Vec::new(),
         deployments: rest.deployments,
         certificates: rest.certificates,
         acme_challenges: rest.acme_challenges,
@@ -185,15 +188,7 @@ pub fn decode(input: &[u8]) -> Result<Snapshot, PackedError> {
 
 /// The version a packed snapshot is at, read from its header alone.
 pub fn version_of(input: &[u8]) -> Result<u64, PackedError> {
-    let mut r = Reader { input, at: 0 };
-    if r.take(MAGIC.len())? != MAGIC {
-        return Err(PackedError::Magic);
-    }
-    let found = u32::from_le_bytes(r.array()?);
-    if found != FORMAT {
-        return Err(PackedError::Format { found });
-    }
-    Ok(u64::from_le_bytes(r.array()?))
+    Reader::new(input).header()
 }
 
 fn bytes(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
@@ -316,32 +311,76 @@ fn visibility(v: Visibility) -> u8 {
     }
 }
 
-struct Reader<'a> {
-    input: &'a [u8],
+/// Reads from any buffered source: a slice (a file read whole) or a decompressing stream, which then
+/// never needs the whole decompressed snapshot in memory at once.
+struct Reader<R> {
+    input: R,
+    /// Bytes read so far, for errors.
     at: usize,
+    /// Where a value that straddles the source's buffer is put together.
+    scratch: Vec<u8>,
 }
 
-impl<'a> Reader<'a> {
-    fn left(&self) -> usize {
-        self.input.len() - self.at
+impl<R: BufRead> Reader<R> {
+    fn new(input: R) -> Self {
+        Self { input, at: 0, scratch: Vec::new() }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], PackedError> {
-        let end = self.at.checked_add(n).filter(|end| *end <= self.input.len());
-        let end = end.ok_or(PackedError::Truncated(self.input.len()))?;
-        let taken = &self.input[self.at..end];
-        self.at = end;
-        Ok(taken)
+    fn io(&self, e: io::Error) -> PackedError {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => PackedError::Truncated(self.at),
+            _ => PackedError::Read(e),
+        }
+    }
+
+    /// Hands the next `n` bytes to `f`, borrowed from the source's buffer when they are all in it.
+    fn with<T>(&mut self, n: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T, PackedError> {
+        let buf = self.input.fill_buf().map_err(PackedError::Read)?;
+        let out = if buf.len() >= n {
+            let out = f(&buf[..n]);
+            self.input.consume(n);
+            out
+        } else {
+            // Read as it arrives: a damaged length must not reserve what the input does not hold.
+            self.scratch.clear();
+            let got =
+                (&mut self.input).take(n as u64).read_to_end(&mut self.scratch).map_err(|e| self.io(e))?;
+            if got < n {
+                return Err(PackedError::Truncated(self.at + got));
+            }
+            f(&self.scratch)
+        };
+        self.at += n;
+        Ok(out)
+    }
+
+    /// Whether the source has nothing left.
+    fn at_end(&mut self) -> Result<bool, PackedError> {
+        Ok(self.input.fill_buf().map_err(PackedError::Read)?.is_empty())
+    }
+
+    /// The mark and the format, checked; the version.
+    fn header(&mut self) -> Result<u64, PackedError> {
+        if self.with(MAGIC.len(), |m| m != MAGIC)? {
+            return Err(PackedError::Magic);
+        }
+        let found = u32::from_le_bytes(self.array()?);
+        if found != FORMAT {
+            return Err(PackedError::Format { found });
+        }
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], PackedError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        self.with(N, |b| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(b);
+            a
+        })
     }
 
     fn u8(&mut self) -> Result<u8, PackedError> {
-        Ok(self.take(1)?[0])
+        Ok(self.array::<1>()?[0])
     }
 
     fn len(&mut self) -> Result<usize, PackedError> {
@@ -356,14 +395,19 @@ impl<'a> Reader<'a> {
         Err(PackedError::Tag { what: "length", byte: 0x80, at: self.at })
     }
 
-    fn str(&mut self) -> Result<&'a str, PackedError> {
+    /// The next string, as `make` turns it into what the record holds.
+    fn str<T>(&mut self, make: impl FnOnce(&str) -> T) -> Result<T, PackedError> {
         let n = self.len()?;
         let at = self.at;
-        std::str::from_utf8(self.take(n)?).map_err(|_| PackedError::Utf8(at))
+        self.with(n, |b| std::str::from_utf8(b).map(make))?.map_err(|_| PackedError::Utf8(at))
     }
 
     fn compact(&mut self) -> Result<CompactString, PackedError> {
-        self.str().map(CompactString::new)
+        self.str(|s| CompactString::new(s))
+    }
+
+    fn string(&mut self) -> Result<String, PackedError> {
+        self.str(str::to_owned)
     }
 
     fn tag(&mut self, what: &'static str, max: u8) -> Result<u8, PackedError> {
@@ -397,7 +441,7 @@ impl<'a> Reader<'a> {
             wake_policy: if self.flag("wake policy")? { WakePolicy::Off } else { WakePolicy::OnRequest },
             preview_auth_sha256: match self.flag("optional token hash")? {
                 false => None,
-                true => Some(self.str()?.to_owned()),
+                true => Some(self.string()?),
             },
             allow_preflight: self.flag("preflight flag")?,
         })
@@ -416,10 +460,10 @@ impl<'a> Reader<'a> {
 
     fn share(&mut self) -> Result<Share, PackedError> {
         Ok(Share {
-            id: self.str()?.to_owned(),
-            tenant_id: self.str()?.to_owned(),
-            preview_id: self.str()?.to_owned(),
-            sha256: self.str()?.to_owned(),
+            id: self.string()?,
+            tenant_id: self.string()?,
+            preview_id: self.string()?,
+            sha256: self.string()?,
             expires_at: match self.flag("optional expiry")? {
                 false => None,
                 true => Some(u64::from_le_bytes(self.array()?)),

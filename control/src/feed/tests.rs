@@ -104,7 +104,7 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
     let (a, b) = (a.expect("first"), b.expect("second"));
     assert_eq!(a.as_ptr(), b.as_ptr(), "one build, shared");
     let parsed: FeedMessage =
-        serde_json::from_slice(&snapshots::inflate(&a).expect("inflate")).expect("json");
+        serde_json::from_slice(&snapshots::decompress(Json, &a).expect("inflate")).expect("json");
     assert!(matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == 3));
 
     // A version or two behind: served as it is; the edge asks for the changes after it next.
@@ -116,7 +116,7 @@ async fn edges_starting_together_share_one_compressed_snapshot_per_version() {
     add_changes(&pool, &[(far, "gone3")], now_ms()).await;
     let d = snapshots.latest(&pool, Json).await.expect("far behind");
     let parsed: FeedMessage =
-        serde_json::from_slice(&snapshots::inflate(&d).expect("inflate")).expect("json");
+        serde_json::from_slice(&snapshots::decompress(Json, &d).expect("inflate")).expect("json");
     assert!(
         matches!(parsed, FeedMessage::Snapshot { snapshot } if snapshot.version == far as u64),
         "a snapshot too far behind is rebuilt"
@@ -133,9 +133,10 @@ async fn each_form_is_built_and_shared_on_its_own_and_both_hold_the_same_state()
     let (a, b) = (a.expect("first"), b.expect("second"));
     assert_eq!(a.as_ptr(), b.as_ptr(), "one build, shared");
     assert_ne!(a.as_ptr(), json.as_ptr(), "a form of its own");
-    let packed = portico_wire::packed::decode(&snapshots::inflate(&a).expect("inflate")).expect("decodes");
+    let packed =
+        portico_wire::packed::decode(&snapshots::decompress(Packed, &a).expect("zstd")).expect("decodes");
     let parsed: FeedMessage =
-        serde_json::from_slice(&snapshots::inflate(&json).expect("inflate")).expect("json");
+        serde_json::from_slice(&snapshots::decompress(Json, &json).expect("inflate")).expect("json");
     assert_eq!(parsed, FeedMessage::Snapshot { snapshot: packed });
     // Asking for JSON again reuses the JSON built first.
     assert_eq!(snapshots.latest(&pool, Json).await.expect("json").as_ptr(), json.as_ptr());

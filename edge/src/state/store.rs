@@ -3,7 +3,7 @@
 //!
 //! Two files:
 //! - the base, a whole snapshot: `snapshot.bin` packed (`wire::packed`: a fifth of the JSON's parsing time
-//!   at a million sandboxes), or `snapshot.json`, a [`wire::Snapshot`] as JSON (what older edges wrote and
+//!   at a million sandboxes; zstd-compressed when it is control's answer as sent), or `snapshot.json`, a [`wire::Snapshot`] as JSON (what older edges wrote and
 //!   read, and what this one writes when control answered in JSON). Writing one removes the other; when
 //!   both are there, the one written last is the base.
 //! - `changes.log`, append-only: one line per batch of changes the feed applied, `<crc32 hex> <json>\n`,
@@ -57,7 +57,7 @@ const COMPACT_MIN_BYTES: u64 = 1 << 20;
 /// A whole snapshot in the form control sent it.
 #[derive(Clone, Debug)]
 pub enum Sent {
-    /// `wire::packed`.
+    /// `wire::packed`, zstd-compressed (as control sends it) or not.
     Packed(bytes::Bytes),
     /// A [`wire::Snapshot`]'s JSON text.
     Json(bytes::Bytes),
@@ -104,12 +104,14 @@ pub fn load(dir: &Path) -> Option<Loaded> {
             return None;
         }
     };
-    let base = if bytes.starts_with(&packed::MAGIC) {
-        packed::decode(&bytes).map_err(|e| e.to_string())
+    let base = if bytes.starts_with(&packed::MAGIC) || bytes.starts_with(&super::ZSTD_MAGIC) {
+        Snapshot::from_packed(&bytes).map_err(|e| e.to_string())
     } else {
-        serde_json::from_slice::<wire::Snapshot>(&bytes).map_err(|e| e.to_string())
+        serde_json::from_slice::<wire::Snapshot>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|w| Snapshot::from_wire(w).map_err(|e| e.to_string()))
     };
-    let mut snapshot = match base.and_then(|w| Snapshot::from_wire(w).map_err(|e| e.to_string())) {
+    let mut snapshot = match base {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, file = %base_path.display(), bytes = bytes.len(), "the saved routing state is damaged; ignored, starting from control");

@@ -88,6 +88,20 @@ fn wire_round_trip_keeps_everything() {
 }
 
 #[test]
+fn a_packed_snapshot_compiles_to_the_same_state_as_its_wire_form() {
+    let w = wire_snapshot();
+    let mut packed = Vec::new();
+    wire::packed::encode(&w, &mut packed).expect("packs");
+    assert_eq!(Snapshot::from_packed(&packed).expect("compiles").to_wire(), w);
+    assert!(matches!(Snapshot::from_packed(&packed[..packed.len() - 1]), Err(StateError::Packed(_))));
+    // zstd-compressed, as control sends it: decompressed as it is decoded.
+    let compressed = zstd::bulk::compress(&packed, 3).expect("compresses");
+    assert_eq!(Snapshot::from_packed(&compressed).expect("compiles").to_wire(), w);
+    let cut = &compressed[..compressed.len() - 4];
+    assert!(matches!(Snapshot::from_packed(cut), Err(StateError::Packed(_))));
+}
+
+#[test]
 fn a_bad_template_from_control_is_an_error_not_a_panic() {
     let mut w = wire_snapshot();
     w.settings.host_templates = vec!["{nope}.x".into()];
@@ -138,7 +152,11 @@ fn a_snapshot_that_repeats_an_id_keeps_the_last_record_everywhere() {
     w.sandboxes = vec![first, last];
     let moved = Preview { slug: "slug0002".into(), ..w.previews[0].clone() };
     w.previews.push(moved);
+    let mut packed = Vec::new();
+    wire::packed::encode(&w, &mut packed).expect("packs");
+    let from_packed = Snapshot::from_packed(&packed).expect("compiles");
     let s = Snapshot::from_wire(w).expect("compiles");
+    assert_eq!(from_packed.to_wire(), s.to_wire(), "either form, the same state");
     assert_eq!((s.sandboxes.len(), s.sandboxes["abcd1234"].address.as_str()), (1, "127.0.0.3"));
     // The replaced record's token no longer names the sandbox; the last one's does.
     assert!(!s.preview_auth.contains_key(&"aa".repeat(32)));

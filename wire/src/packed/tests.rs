@@ -105,7 +105,22 @@ fn every_cut_short_or_extended_input_is_an_error_not_a_panic() {
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(matches!(decode(&longer), Err(PackedError::Trailing(1))));
+    assert!(matches!(decode(&longer), Err(PackedError::Trailing(at)) if at == bytes.len()));
+}
+
+#[test]
+fn a_stream_read_in_small_pieces_decodes_as_the_whole_slice_does() {
+    let s = snapshot();
+    let bytes = packed(&s);
+    // A buffer of 7 bytes: most values straddle two reads.
+    let stream = std::io::BufReader::with_capacity(7, &bytes[..]);
+    let (mut sandboxes, mut previews, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    let rest = decode_with(stream, |r| sandboxes.push(r), |r| previews.push(r), |r| shares.push(r)).unwrap();
+    assert_eq!(Snapshot { sandboxes, previews, shares, ..rest }, s);
+    for end in [bytes.len() / 2, bytes.len() - 1] {
+        let stream = std::io::BufReader::with_capacity(7, &bytes[..end]);
+        assert!(matches!(decode_with(stream, drop, drop, drop), Err(PackedError::Truncated(_))));
+    }
 }
 
 #[test]
