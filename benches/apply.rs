@@ -60,7 +60,7 @@ fn sandbox(i: usize, address: String) -> Sandbox {
         state: SandboxState::Running,
         default_visibility: Visibility::Public,
         wake_policy: WakePolicy::OnRequest,
-        preview_auth_sha256: Some(format!("{i:064x}")),
+        preview_auth_sha256: Some(wire::tokens::Sha256::of(&i.to_string())),
         allow_preflight: false,
     }
 }

@@ -43,7 +43,7 @@ fn snapshot(key: &Ed25519KeyPair, share_token: &str) -> Snapshot {
             state: SandboxState::Running,
             default_visibility: Visibility::Private,
             wake_policy: WakePolicy::OnRequest,
-            preview_auth_sha256: Some(tokens::sha256_hex("sandbox-token-0123456789")),
+            preview_auth_sha256: Some(tokens::Sha256::of("sandbox-token-0123456789")),
             allow_preflight: false,
         }],
         previews: vec![Preview {

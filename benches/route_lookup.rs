@@ -38,7 +38,7 @@ fn wire_snapshot() -> wire::Snapshot {
             state: SandboxState::Running,
             default_visibility: Visibility::Private,
             wake_policy: WakePolicy::OnRequest,
-            preview_auth_sha256: Some(format!("{i:064x}")),
+            preview_auth_sha256: Some(wire::tokens::Sha256::of(&i.to_string())),
             allow_preflight: false,
         })
         .collect();

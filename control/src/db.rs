@@ -333,7 +333,8 @@ impl SandboxRow {
             state: enum_parse("state", &self.state)?,
             default_visibility: enum_parse("default_visibility", &self.default_visibility)?,
             wake_policy: enum_parse("wake_policy", &self.wake_policy)?,
-            preview_auth_sha256: self.preview_auth_sha256.clone(),
+            // Control wrote it as hex: were it not, the sandbox would have no token the edge accepts.
+            preview_auth_sha256: self.preview_auth_sha256.as_deref().and_then(wire::tokens::Sha256::from_hex),
             allow_preflight: self.allow_preflight != 0,
         })
     }

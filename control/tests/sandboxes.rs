@@ -55,7 +55,12 @@ fn hex_sha256(s: &str) -> String {
 
 async fn sandbox_hash(h: &Harness, id: &str) -> Option<String> {
     let portico_wire::FeedMessage::Snapshot { snapshot } = h.feed(0, 0).await else { panic!("snapshot") };
-    snapshot.sandboxes.into_iter().find(|s| s.id == id).and_then(|s| s.preview_auth_sha256)
+    snapshot
+        .sandboxes
+        .into_iter()
+        .find(|s| s.id == id)
+        .and_then(|s| s.preview_auth_sha256)
+        .map(|h| h.to_hex())
 }
 
 #[tokio::test]

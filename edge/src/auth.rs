@@ -179,9 +179,10 @@ impl<'a> Ours<'a> {
     fn token(&self, value: &str) -> bool {
         has_our_prefix(value)
             || self.grant.is_some_and(|g| g.credential.token == value)
-            || self.sandbox.and_then(|s| s.preview_auth_sha256.as_deref()).is_some_and(|expected| {
-                bool::from(tokens::sha256_hex(value).as_bytes().ct_eq(expected.as_bytes()))
-            })
+            || self
+                .sandbox
+                .and_then(|s| s.preview_auth_sha256.as_ref())
+                .is_some_and(|expected| bool::from(tokens::Sha256::of(value).0.ct_eq(&expected.0)))
     }
 
     /// A query without its credential parameters, every other parameter kept in order.

@@ -57,6 +57,7 @@ pub mod by {
     pub struct Sha256;
 
     impl KeyOf<wire::Sandbox> for Id {
+        type Key = str;
         fn key(r: &wire::Sandbox) -> &str {
             &r.id
         }
@@ -64,30 +65,36 @@ pub mod by {
 
     /// Only sandboxes that have a preview-auth token are in an index by it.
     impl KeyOf<wire::Sandbox> for Sha256 {
-        fn key(r: &wire::Sandbox) -> &str {
-            r.preview_auth_sha256.as_deref().unwrap_or_default()
+        type Key = [u8; 32];
+        fn key(r: &wire::Sandbox) -> &[u8; 32] {
+            const NONE: [u8; 32] = [0; 32];
+            r.preview_auth_sha256.as_ref().map_or(&NONE, |h| &h.0)
         }
     }
 
     impl KeyOf<wire::Preview> for Id {
+        type Key = str;
         fn key(r: &wire::Preview) -> &str {
             &r.id
         }
     }
 
     impl KeyOf<wire::Preview> for Slug {
+        type Key = str;
         fn key(r: &wire::Preview) -> &str {
             &r.slug
         }
     }
 
     impl KeyOf<wire::Share> for Id {
+        type Key = str;
         fn key(r: &wire::Share) -> &str {
             &r.id
         }
     }
 
     impl KeyOf<wire::Share> for Sha256 {
+        type Key = str;
         fn key(r: &wire::Share) -> &str {
             &r.sha256
         }
@@ -422,8 +429,8 @@ impl Snapshot {
         if let Some(old) = self.sandboxes.remove(id) {
             if let Some(hash) = &old.preview_auth_sha256 {
                 // Only if the token still names this sandbox.
-                if self.preview_auth.get(hash).is_some_and(|s| s.id == id) {
-                    self.preview_auth.remove(hash);
+                if self.preview_auth.get(&hash.0).is_some_and(|s| s.id == id) {
+                    self.preview_auth.remove(&hash.0);
                 }
             }
         }

@@ -17,7 +17,8 @@
 //!
 //! Layout (integers little-endian, lengths and counts LEB128):
 //! `MAGIC` · format `u32` · version `u64` · JSON section (length, bytes) · sandboxes (count, records) ·
-//! previews (count, records) · shares (count, records), and nothing after.
+//! previews (count, records) · shares (count, records), and nothing after. A sandbox's token hash is its
+//! 32 bytes.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -28,6 +29,7 @@ use crate::snapshot::{
     AcmeChallenge, Certificate, Deployment, Preview, Revocation, Sandbox, SandboxState, Settings, Share,
     Snapshot, Tenant, VerifyKey, Visibility, WakePolicy,
 };
+use crate::tokens::Sha256;
 
 /// The first bytes of a packed snapshot, so that a file or body in another form is told apart at once.
 pub const MAGIC: [u8; 8] = *b"PORTICOS";
@@ -271,7 +273,7 @@ impl<W: Write> Writer<'_, W> {
             None => self.u8(0)?,
             Some(h) => {
                 self.u8(1)?;
-                self.str(h)?;
+                self.0.write_all(&h.0)?;
             }
         }
         self.u8(u8::from(*allow_preflight))
@@ -441,7 +443,7 @@ impl<R: BufRead> Reader<R> {
             wake_policy: if self.flag("wake policy")? { WakePolicy::Off } else { WakePolicy::OnRequest },
             preview_auth_sha256: match self.flag("optional token hash")? {
                 false => None,
-                true => Some(self.string()?),
+                true => Some(Sha256(self.array()?)),
             },
             allow_preflight: self.flag("preflight flag")?,
         })

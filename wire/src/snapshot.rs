@@ -109,9 +109,11 @@ pub struct Sandbox {
     pub state: SandboxState,
     pub default_visibility: Visibility,
     pub wake_policy: WakePolicy,
-    /// Hex SHA-256 of the sandbox's preview-auth token; the token itself never leaves control's response.
+    /// SHA-256 of the sandbox's preview-auth token (hex on the wire); the token itself never leaves
+    /// control's response.
     #[serde(default)]
-    pub preview_auth_sha256: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub preview_auth_sha256: Option<crate::tokens::Sha256>,
     /// CORS preflights (which carry no credential) of a running private sandbox go through unauthenticated.
     #[serde(default)]
     pub allow_preflight: bool,

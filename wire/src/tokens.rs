@@ -86,15 +86,71 @@ pub fn verify_preview_token<'k>(
 
 /// Hex SHA-256: how hashed credentials and API keys are stored and compared.
 pub fn sha256_hex(secret: &str) -> String {
-    // On every request with a hashed credential: one allocation, not one formatted string per byte.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hash = digest(&SHA256, secret.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in hash.as_ref() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    Sha256::of(secret).to_hex()
+}
+
+/// A SHA-256 digest, held as its 32 bytes and written as 64 lowercase hex digits (in JSON, in the
+/// database). The edge holds one per sandbox with a preview-auth token: as bytes it lives inside the
+/// record (a hex `String` was a second allocation of 64 bytes per sandbox, a million of them) and a
+/// presented token is compared as a digest, with no hex formatted on the request path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    pub fn of(secret: &str) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest(&SHA256, secret.as_bytes()).as_ref());
+        Self(out)
     }
-    out
+
+    /// 64 hex digits, either case; anything else is `None`.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = std::borrow::Cow::<str>::deserialize(d)?;
+        Self::from_hex(&hex).ok_or_else(|| serde::de::Error::custom("expected a SHA-256 as 64 hex digits"))
+    }
 }
 
 /// base64url without padding, the encoding of keys and random tokens.

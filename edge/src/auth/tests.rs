@@ -143,7 +143,7 @@ fn the_sandboxs_preview_auth_token_is_recognised_by_its_hash() {
         state: portico_wire::SandboxState::Running,
         default_visibility: portico_wire::Visibility::Private,
         wake_policy: portico_wire::WakePolicy::OnRequest,
-        preview_auth_sha256: Some(tokens::sha256_hex(TOKEN)),
+        preview_auth_sha256: Some(tokens::Sha256::of(TOKEN)),
         allow_preflight: false,
     };
     let ours = Ours { grant: None, sandbox: Some(&sandbox) };

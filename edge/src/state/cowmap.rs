@@ -31,7 +31,7 @@
 //! address-space layout and the clock, so the seeds here come from the OS's random source instead (through
 //! the standard library's `RandomState`), one shared per process and one per map.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
@@ -59,14 +59,15 @@ impl Seeded {
     }
 
     #[inline]
-    fn hash_one(&self, key: &str) -> u64 {
+    fn hash_one<K: Hash + ?Sized>(&self, key: &K) -> u64 {
         self.0.hash_one(key)
     }
 }
 
-/// What a table holds: something with a string key.
+/// What a table holds: something with a key (a string, or a digest's bytes).
 pub trait Entry: Clone {
-    fn key(&self) -> &str;
+    type Key: ?Sized + Hash + Eq + std::fmt::Debug;
+    fn key(&self) -> &Self::Key;
 }
 
 /// One group of tables.
@@ -103,7 +104,7 @@ fn shard_of(hash: u64) -> (usize, usize) {
 
 impl<E: Entry> Table<E> {
     #[inline]
-    fn get(&self, key: &str) -> Option<&E> {
+    fn get(&self, key: &E::Key) -> Option<&E> {
         let hash = self.hasher.hash_one(key);
         let (g, t) = shard_of(hash);
         self.shards[g][t].find(hash, |e| e.key() == key)
@@ -178,7 +179,7 @@ impl<E: Entry> Table<E> {
         }
     }
 
-    fn remove(&mut self, key: &str) -> Option<E> {
+    fn remove(&mut self, key: &E::Key) -> Option<E> {
         let hash = self.hasher.hash_one(key);
         // Copy nothing for a key that is not there.
         let (g, t) = shard_of(hash);
@@ -193,6 +194,7 @@ impl<E: Entry> Table<E> {
 pub struct CowMap<V>(Table<(Arc<str>, V)>);
 
 impl<V: Clone> Entry for (Arc<str>, V) {
+    type Key = str;
     fn key(&self) -> &str {
         &self.0
     }
@@ -281,7 +283,8 @@ impl<V: Clone> std::ops::Index<&str> for CowMap<V> {
 
 /// Which field of a `T` a [`CowIndex`] finds it by.
 pub trait KeyOf<T> {
-    fn key(record: &T) -> &str;
+    type Key: ?Sized + Hash + Eq + std::fmt::Debug;
+    fn key(record: &T) -> &Self::Key;
 }
 
 /// An entry of a [`CowIndex`]: the record, its key read from it.
@@ -294,7 +297,8 @@ impl<T, K> Clone for Keyed<T, K> {
 }
 
 impl<T, K: KeyOf<T>> Entry for Keyed<T, K> {
-    fn key(&self) -> &str {
+    type Key = K::Key;
+    fn key(&self) -> &K::Key {
         K::key(&self.0)
     }
 }
@@ -330,12 +334,12 @@ impl<T, K: KeyOf<T>> CowIndex<T, K> {
     }
 
     #[inline]
-    pub fn get(&self, key: &str) -> Option<&Arc<T>> {
+    pub fn get(&self, key: &K::Key) -> Option<&Arc<T>> {
         self.0.get(key).map(|e| &e.0)
     }
 
     #[inline]
-    pub fn contains_key(&self, key: &str) -> bool {
+    pub fn contains_key(&self, key: &K::Key) -> bool {
         self.0.get(key).is_some()
     }
 
@@ -354,16 +358,16 @@ impl<T, K: KeyOf<T>> CowIndex<T, K> {
         self.0.insert(Keyed(record, PhantomData)).map(|e| e.0)
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<Arc<T>> {
+    pub fn remove(&mut self, key: &K::Key) -> Option<Arc<T>> {
         self.0.remove(key).map(|e| e.0)
     }
 }
 
-impl<T, K: KeyOf<T>> std::ops::Index<&str> for CowIndex<T, K> {
+impl<T, K: KeyOf<T>> std::ops::Index<&K::Key> for CowIndex<T, K> {
     type Output = Arc<T>;
 
     /// Panics when the key is absent, like `HashMap`'s: for tests.
-    fn index(&self, key: &str) -> &Arc<T> {
+    fn index(&self, key: &K::Key) -> &Arc<T> {
         match self.get(key) {
             Some(v) => v,
             None => panic!("no entry for key {key:?}"),
@@ -423,6 +427,7 @@ mod tests {
 
     struct Name;
     impl KeyOf<(String, u32)> for Name {
+        type Key = str;
         fn key(record: &(String, u32)) -> &str {
             &record.0
         }

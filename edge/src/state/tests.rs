@@ -1,4 +1,5 @@
 use super::*;
+use portico_wire::tokens::Sha256;
 use portico_wire::{Change, Preview, Sandbox, SandboxState, Settings, Tenant, Visibility, WakePolicy};
 
 fn wire_snapshot() -> wire::Snapshot {
@@ -146,9 +147,12 @@ fn a_snapshot_with_fields_added_by_a_newer_control_still_compiles() {
 #[test]
 fn a_snapshot_that_repeats_an_id_keeps_the_last_record_everywhere() {
     let mut w = wire_snapshot();
-    let first = Sandbox { preview_auth_sha256: Some("aa".repeat(32)), ..w.sandboxes[0].clone() };
-    let last =
-        Sandbox { address: "127.0.0.3".into(), preview_auth_sha256: Some("bb".repeat(32)), ..first.clone() };
+    let first = Sandbox { preview_auth_sha256: Some(Sha256([0xaa; 32])), ..w.sandboxes[0].clone() };
+    let last = Sandbox {
+        address: "127.0.0.3".into(),
+        preview_auth_sha256: Some(Sha256([0xbb; 32])),
+        ..first.clone()
+    };
     w.sandboxes = vec![first, last];
     let moved = Preview { slug: "slug0002".into(), ..w.previews[0].clone() };
     w.previews.push(moved);
@@ -159,8 +163,8 @@ fn a_snapshot_that_repeats_an_id_keeps_the_last_record_everywhere() {
     assert_eq!(from_packed.to_wire(), s.to_wire(), "either form, the same state");
     assert_eq!((s.sandboxes.len(), s.sandboxes["abcd1234"].address.as_str()), (1, "127.0.0.3"));
     // The replaced record's token no longer names the sandbox; the last one's does.
-    assert!(!s.preview_auth.contains_key(&"aa".repeat(32)));
-    assert_eq!(s.preview_auth[&*"bb".repeat(32)].address, "127.0.0.3");
+    assert!(!s.preview_auth.contains_key(&[0xaa; 32]));
+    assert_eq!(s.preview_auth[&[0xbb; 32]].address, "127.0.0.3");
     assert_eq!(s.previews.len(), 1);
     assert!(s.previews.contains_key("slug0002") && !s.previews.contains_key("slug0001"));
     assert_eq!(s.preview_by_id("pv_1").map(|p| p.slug.as_str()), Some("slug0002"));

@@ -13,7 +13,7 @@ fn snapshot() -> Snapshot {
         state: SandboxState::Hibernated,
         default_visibility: Visibility::Public,
         wake_policy: WakePolicy::Off,
-        preview_auth_sha256: hash.map(str::to_owned),
+        preview_auth_sha256: hash.map(|h| crate::tokens::Sha256::from_hex(h).unwrap()),
         allow_preflight: hash.is_some(),
     };
     Snapshot {

@@ -113,3 +113,19 @@ fn a_token_with_a_claim_added_by_a_newer_control_still_verifies() {
     let token = format!("{signed}.{}", B64.encode(key.sign(signed.as_bytes()).as_ref()));
     assert_eq!(verify_preview_token(&token, 1_999, lookup), Ok(claims()));
 }
+
+#[test]
+fn a_digest_reads_back_from_its_hex_in_either_case_and_nothing_else_parses() {
+    let h = Sha256::of("sandbox-token");
+    assert_eq!(h.to_hex(), sha256_hex("sandbox-token"));
+    assert_eq!(Sha256::from_hex(&h.to_hex()), Some(h));
+    assert_eq!(Sha256::from_hex(&h.to_hex().to_uppercase()), Some(h));
+    for bad in ["", "ab", &"g".repeat(64), &"a".repeat(63), &"a".repeat(65), &"é".repeat(32)] {
+        assert_eq!(Sha256::from_hex(bad), None, "{bad:?}");
+    }
+    // On the wire: the hex string, as before it was held as bytes.
+    let json = serde_json::to_string(&h).unwrap();
+    assert_eq!(json, format!("\"{}\"", h.to_hex()));
+    assert_eq!(serde_json::from_str::<Sha256>(&json).unwrap(), h);
+    assert!(serde_json::from_str::<Sha256>("\"not hex\"").is_err());
+}
