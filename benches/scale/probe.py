@@ -166,7 +166,7 @@ def propagation(args):
     return 0 if not any(missed) else 1
 
 
-def poll_one(client, host, deadline, out, i, every):
+def poll_one(client, host, deadline, out, i, every=0.001):
     """Sets out[i] to the moment (monotonic clock) the edge first routes `host`; leaves it None past the deadline."""
     while time.monotonic() < deadline:
         if routes(client, host):

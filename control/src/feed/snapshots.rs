@@ -17,7 +17,7 @@
 //! would for any change, and is current a round trip later. Control builds one as it starts, so the first
 //! edges after a restart do not wait for it either.
 
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -119,18 +119,23 @@ fn compress(message: &FeedMessage) -> ApiResult<Bytes> {
     serde_json::to_writer(&mut encoder, message)
         .map_err(|e| ApiError::Internal(format!("serialising the snapshot: {e}")))?;
     let out = encoder.finish().and_then(|mut w| w.flush().map(|()| w));
-    out.map(Bytes::from).map_err(|e| ApiError::Internal(format!("compressing the snapshot: {e}")))
+    let mut out = out.map_err(|e| ApiError::Internal(format!("compressing the snapshot: {e}")))?;
+    // Cached as long as it is current: without the room the growing buffer kept.
+    out.shrink_to_fit();
+    Ok(Bytes::from(out))
 }
 
-/// Packed whole first, then compressed in one call: the frame then states its size, so that the edge
-/// decompresses into one buffer of the right size instead of growing one (at a million sandboxes, page
-/// faults and copies of a growing buffer cost an edge as much as the decompression). The packed bytes
-/// (a few hundred MB at most) live only while this build runs.
+/// Packed straight into a zstd stream (no uncompressed copy of it exists, as for JSON), kept at its
+/// compressed size: the cache holds it for as long as it is current.
 fn compress_packed(snapshot: &Snapshot) -> ApiResult<Bytes> {
     let err = |e: std::io::Error| ApiError::Internal(format!("packing the snapshot: {e}"));
-    let mut packed = Vec::new();
-    portico_wire::packed::encode(snapshot, &mut packed).map_err(err)?;
-    zstd::bulk::compress(&packed, ZSTD_LEVEL).map(Bytes::from).map_err(err)
+    let encoder = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(err)?;
+    // The encoder writes field by field: buffered, so that the compressor sees large writes.
+    let mut w = BufWriter::with_capacity(1 << 16, encoder);
+    portico_wire::packed::encode(snapshot, &mut w).map_err(err)?;
+    let mut out = w.into_inner().map_err(|e| err(e.into_error()))?.finish().map_err(err)?;
+    out.shrink_to_fit();
+    Ok(Bytes::from(out))
 }
 
 /// The plain answer, for an edge that did not accept the form's encoding.

@@ -124,8 +124,8 @@ fn a_digest_reads_back_from_its_hex_in_either_case_and_nothing_else_parses() {
         assert_eq!(Sha256::from_hex(bad), None, "{bad:?}");
     }
     // On the wire: the hex string, as before it was held as bytes.
-    let json = serde_json::to_string(&h).unwrap();
+    let json = serde_json::to_string(&h).expect("serialises");
     assert_eq!(json, format!("\"{}\"", h.to_hex()));
-    assert_eq!(serde_json::from_str::<Sha256>(&json).unwrap(), h);
+    assert_eq!(serde_json::from_str::<Sha256>(&json).expect("parses"), h);
     assert!(serde_json::from_str::<Sha256>("\"not hex\"").is_err());
 }
