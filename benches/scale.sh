@@ -6,7 +6,8 @@
 # - ten edges on one control (EDGES=10): all cold-starting at once (time until every one routes, control's
 #   peak resident memory while serving them), their resident memory, propagation at every edge.
 # Propagation: from control's answer creating a sandbox until the edge answers its host with anything but
-# 404 (benches/scale/probe.py polls each edge about once a millisecond over a kept-alive connection).
+# 404 (benches/scale/probe.py polls each edge about once a millisecond over a kept-alive connection; for
+# cold starts every 10 ms, so that polling ten starting edges does not take the CPU they are timed on).
 # Targets: cold start <= 5 s from control, <= 2 s from the state dir; propagation p50 <= 20 ms, max <= 200 ms
 # at every edge; <= 300 bytes resident per sandbox over an idle edge.
 #
