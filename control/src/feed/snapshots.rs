@@ -150,8 +150,9 @@ pub fn decompress(form: Form, compressed: &[u8]) -> ApiResult<Bytes> {
     Ok(Bytes::from(out))
 }
 
-/// Builds the snapshot once in the background (packed, the form current edges ask for), so that edges starting right after control do not wait
-/// for it. Holds the state weakly: nothing to do once control is gone.
+/// Builds the snapshot once in the background (packed, the form current edges ask for), so that edges
+/// starting right after control do not wait for it. Holds the state weakly: nothing to do once control is
+/// gone.
 pub(crate) async fn warm(state: std::sync::Weak<crate::state::AppState>) {
     let Some(state) = state.upgrade() else { return };
     if let Err(e) = state.snapshots.latest(&state.pool, Form::Packed).await {

@@ -3,9 +3,10 @@
 //!
 //! Two files:
 //! - the base, a whole snapshot: `snapshot.bin` packed (`wire::packed`: a fifth of the JSON's parsing time
-//!   at a million sandboxes; zstd-compressed when it is control's answer as sent), or `snapshot.json`, a [`wire::Snapshot`] as JSON (what older edges wrote and
-//!   read, and what this one writes when control answered in JSON). Writing one removes the other; when
-//!   both are there, the one written last is the base.
+//!   at a million sandboxes; zstd-compressed when it is control's answer as sent), or `snapshot.json`, a
+//!   [`wire::Snapshot`] as JSON (what older edges wrote and read, and what this one writes when control
+//!   answered in JSON). Writing one removes the other; when both are there, the one written last is the
+//!   base.
 //! - `changes.log`, append-only: one line per batch of changes the feed applied, `<crc32 hex> <json>\n`,
 //!   the JSON a [`Record`] `{since, version, changes}`. Its first line is a marker `since == version ==`
 //!   the base's version, so that an edge sharing the dir can tell where a log it did not write starts.
