@@ -138,10 +138,7 @@ impl FeedClient {
         if !resp.status().is_success() {
             return Err(FeedError::Status { url: url.to_string(), status: resp.status().as_u16() });
         }
-        let is_packed = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .is_some_and(|t| t.as_bytes().eq_ignore_ascii_case(packed::MEDIA_TYPE.as_bytes()));
+        let is_packed = is_packed(resp.headers().get(reqwest::header::CONTENT_TYPE));
         // gzip the client undoes itself. zstd (the packed form's): a packed snapshot is decompressed as
         // it is decoded, and kept compressed for the state dir; anything else is decompressed here.
         let zstd =
@@ -203,6 +200,12 @@ fn unzstd(body: &[u8]) -> std::io::Result<Bytes> {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "an answer over 4 GiB"));
     }
     Ok(Bytes::from(out))
+}
+
+/// Whether a `Content-Type` names the packed form (parameters, if anything between added some, aside).
+fn is_packed(content_type: Option<&reqwest::header::HeaderValue>) -> bool {
+    let media = content_type.and_then(|t| t.to_str().ok()).and_then(|t| t.split(';').next());
+    media.is_some_and(|m| m.trim().eq_ignore_ascii_case(packed::MEDIA_TYPE))
 }
 
 /// What the edge asks the feed for: its packed format (`packed::MEDIA_TYPE`, a test checks) first.
@@ -489,6 +492,19 @@ mod tests {
         assert_eq!(unzstd(&compressed).unwrap(), data);
         assert!(unzstd(b"not zstd").is_err());
         assert!(unzstd(&compressed[..compressed.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn only_the_packed_media_type_is_read_as_packed() {
+        let value = |v: &'static str| reqwest::header::HeaderValue::from_static(v);
+        assert!(is_packed(Some(&value("application/vnd.portico.snapshot.v1"))));
+        assert!(is_packed(Some(&value("Application/VND.portico.snapshot.v1; charset=binary"))));
+        for other in
+            ["application/json", "application/vnd.portico.snapshot.v2", "application/vnd.portico.snapshot"]
+        {
+            assert!(!is_packed(Some(&value(other))), "{other}");
+        }
+        assert!(!is_packed(None));
     }
 
     #[test]
