@@ -136,11 +136,7 @@ fn feed_parts() {
     gz.write_all(&json).expect("compresses");
     let gzip = gz.finish().expect("compresses");
     timed("control compresses it", started);
-    println!(
-        "cold start part: {:.1} MiB of JSON, {:.1} MiB gzipped",
-        json.len() as f64 / 1048576.0,
-        gzip.len() as f64 / 1048576.0
-    );
+    println!("cold start part: {:.1} MiB of JSON, {:.1} MiB gzipped", mib(&json), mib(&gzip));
     drop((json, message));
     let started = std::time::Instant::now();
     let mut json = Vec::new();
@@ -195,8 +191,8 @@ fn packed_parts() {
     timed("control packs it into a zstd stream", started);
     println!(
         "packed cold start part: {:.1} MiB packed, {:.1} MiB zstd-compressed",
-        raw.len() as f64 / 1048576.0,
-        compressed.len() as f64 / 1048576.0
+        mib(&raw),
+        mib(&compressed)
     );
     drop((wire, raw));
     let started = std::time::Instant::now();
@@ -209,6 +205,10 @@ fn packed_parts() {
     store.write_base_as_sent(version, &Sent::Packed(compressed.into())).expect("base written");
     timed("edge writes it as its state dir's base (with fsync)", started);
     drop(snap);
+}
+
+fn mib(bytes: &[u8]) -> f64 {
+    bytes.len() as f64 / 1048576.0
 }
 
 fn rss_bytes() -> usize {

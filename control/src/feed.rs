@@ -94,14 +94,15 @@ pub async fn handler(
     }
 }
 
-/// Whether a list header (`Accept`, `Accept-Encoding`) names `what`, parameters aside.
+/// Whether a list header (`Accept`, `Accept-Encoding`) names `what`, and not with `q=0` (RFC 9110
+/// §12.4.2: "not acceptable").
 fn accepts(headers: &HeaderMap, name: header::HeaderName, what: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| item.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(what)))
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let refused =
+            |p: &str| p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0));
+        parts.next().is_some_and(|m| m.eq_ignore_ascii_case(what)) && !parts.any(refused)
+    })
 }
 
 /// What a long-poll answers: changes (or none), or the whole state.

@@ -31,6 +31,8 @@ pub enum FeedError {
     Status { url: String, status: u16 },
     #[error("control at {url} sent a feed answer that does not parse: {source}")]
     Parse { url: String, source: serde_json::Error },
+    #[error("control at {url} sent an answer larger than the edge accepts")]
+    TooLarge { url: String },
     #[error("control at {url} sent an answer that does not decompress: {source}")]
     Decompress { url: String, source: std::io::Error },
     #[error("control sent a state the edge cannot use: {0}")]
@@ -143,7 +145,7 @@ impl FeedClient {
         // it is decoded, and kept compressed for the state dir; anything else is decompressed here.
         let zstd =
             resp.headers().get(reqwest::header::CONTENT_ENCODING).is_some_and(|e| e.as_bytes() == b"zstd");
-        let mut body = resp.bytes().await.map_err(err)?;
+        let mut body = read_body(resp, url, MAX_SNAPSHOT_BYTES).await?;
         if zstd && !is_packed {
             body = unzstd(&body).map_err(|source| FeedError::Decompress { url: url.to_string(), source })?;
         }
@@ -188,6 +190,25 @@ impl FeedClient {
         self.state.mark_synced();
         Ok(polled)
     }
+}
+
+/// A feed answer's body, read up to `limit` bytes: control is trusted with the state, not with the
+/// edge's memory.
+async fn read_body(mut resp: reqwest::Response, url: &str, limit: u64) -> Result<Bytes, FeedError> {
+    let too_large = || FeedError::TooLarge { url: url.to_string() };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) =
+        resp.chunk().await.map_err(|source| FeedError::Http { url: url.to_string(), source })?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// A zstd body other than a packed snapshot (control compresses only those, but a proxy between may
@@ -505,6 +526,35 @@ mod tests {
             assert!(!is_packed(Some(&value(other))), "{other}");
         }
         assert!(!is_packed(None));
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_refused_whether_or_not_it_states_its_length() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let heads = ["Content-Length: 100\r\n", "Transfer-Encoding: chunked\r\n"];
+            for head in heads.into_iter().cycle().take(4) {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let _ = conn.read(&mut [0u8; 4096]).await;
+                let body = if head.starts_with("Content") {
+                    "x".repeat(100)
+                } else {
+                    format!("64\r\n{}\r\n0\r\n\r\n", "x".repeat(100))
+                };
+                let resp = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{head}\r\n{body}");
+                conn.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        for limit in [99, 99, 100, 100] {
+            let resp = reqwest::get(&url).await.unwrap();
+            let read = read_body(resp, &url, limit).await;
+            match limit {
+                99 => assert!(matches!(read, Err(FeedError::TooLarge { .. }))),
+                _ => assert_eq!(read.unwrap().len(), 100),
+            }
+        }
     }
 
     #[test]

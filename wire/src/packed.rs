@@ -188,11 +188,6 @@ pub fn decode_with(
     })
 }
 
-/// The version a packed snapshot is at, read from its header alone.
-pub fn version_of(input: &[u8]) -> Result<u64, PackedError> {
-    Reader::new(input).header()
-}
-
 fn bytes(out: &mut impl Write, b: &[u8]) -> io::Result<()> {
     Writer(out).len(b.len())?;
     out.write_all(b)

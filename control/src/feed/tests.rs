@@ -154,3 +154,18 @@ async fn a_snapshot_whose_following_changes_were_pruned_is_rebuilt() {
     let b = snapshots.latest(&pool, Json).await.expect("second");
     assert_ne!(a.as_ptr(), b.as_ptr(), "rebuilt");
 }
+
+#[test]
+fn a_listed_media_type_or_encoding_is_accepted_unless_its_weight_is_zero() {
+    let headers = |v: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(v));
+        h
+    };
+    assert!(accepts(&headers("zstd, gzip"), header::ACCEPT_ENCODING, "zstd"));
+    assert!(accepts(&headers("GZIP;q=0.5"), header::ACCEPT_ENCODING, "gzip"));
+    assert!(!accepts(&headers("zstd;q=0, gzip"), header::ACCEPT_ENCODING, "zstd"));
+    assert!(!accepts(&headers("zstd ; q=0.000"), header::ACCEPT_ENCODING, "zstd"));
+    assert!(!accepts(&headers("zstdx, br"), header::ACCEPT_ENCODING, "zstd"));
+    assert!(!accepts(&HeaderMap::new(), header::ACCEPT_ENCODING, "zstd"));
+}
