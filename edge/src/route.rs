@@ -116,7 +116,8 @@ fn preview(snap: &Snapshot, slug: &str, tenant_id: Option<&Arc<str>>) -> Result<
     if tenant_id.is_some_and(|t| **t != *preview.tenant_id) {
         return Err(EdgeError::NotFound);
     }
-    let sandbox = snap.sandboxes.get(preview.sandbox_id.as_str()).ok_or(EdgeError::NotFound)?;
+    // Held by the preview: no second look-up among the sandboxes.
+    let sandbox = preview.sandbox.as_ref().ok_or(EdgeError::NotFound)?;
     let tenant = snap.tenants.get(preview.tenant_id.as_str()).ok_or(EdgeError::NotFound)?;
     Ok(Route {
         kind: RouteKind::Preview,

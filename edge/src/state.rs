@@ -43,6 +43,7 @@ pub enum StateError {
 }
 
 pub use cowmap::{CowIndex, CowMap, KeyOf};
+pub use previews::{PreviewEntry, Previews};
 
 type Map<V> = CowMap<V>;
 
@@ -72,20 +73,6 @@ pub mod by {
         }
     }
 
-    impl KeyOf<wire::Preview> for Id {
-        type Key = str;
-        fn key(r: &wire::Preview) -> &str {
-            &r.id
-        }
-    }
-
-    impl KeyOf<wire::Preview> for Slug {
-        type Key = str;
-        fn key(r: &wire::Preview) -> &str {
-            &r.slug
-        }
-    }
-
     impl KeyOf<wire::Share> for Id {
         type Key = str;
         fn key(r: &wire::Share) -> &str {
@@ -111,10 +98,8 @@ pub struct Snapshot {
     pub default_frame_ancestors: String,
     pub tenants: Map<Arc<TenantEntry>>,
     pub sandboxes: CowIndex<wire::Sandbox, by::Id>,
-    /// Previews by slug: the key the hot path has.
-    pub previews: CowIndex<wire::Preview, by::Slug>,
-    /// Previews by id, to apply deletions, which name ids.
-    previews_by_id: CowIndex<wire::Preview, by::Id>,
+    /// Previews by slug (the key the hot path has) and by id, each with its sandbox.
+    pub previews: Previews,
     /// Verified tenant preview domains → tenant id.
     pub preview_domains: Map<Arc<str>>,
     /// Key id → raw Ed25519 public key, for `mp_` tokens.
@@ -164,8 +149,7 @@ impl Snapshot {
             templates: Vec::new(),
             tenants: Map::default(),
             sandboxes: CowIndex::default(),
-            previews: CowIndex::default(),
-            previews_by_id: CowIndex::default(),
+            previews: Previews::default(),
             preview_domains: Map::default(),
             verify_keys: Map::default(),
             revocations: Map::default(),
@@ -183,7 +167,7 @@ impl Snapshot {
 
     pub fn from_wire(mut snapshot: wire::Snapshot) -> Result<Self, StateError> {
         let sandboxes = std::mem::take(&mut snapshot.sandboxes).into_iter().map(Arc::new).collect();
-        let previews = std::mem::take(&mut snapshot.previews).into_iter().map(Arc::new).collect();
+        let previews = std::mem::take(&mut snapshot.previews);
         let shares = std::mem::take(&mut snapshot.shares).into_iter().map(Arc::new).collect();
         Self::from_parts(snapshot, sandboxes, previews, shares)
     }
@@ -206,7 +190,7 @@ impl Snapshot {
         let rest = portico_wire::packed::decode_with(
             packed,
             |r| sandboxes.push(Arc::new(r)),
-            |r| previews.push(Arc::new(r)),
+            |r| previews.push(r),
             |r| shares.push(Arc::new(r)),
         )?;
         Self::from_parts(rest, sandboxes, previews, shares)
@@ -216,7 +200,7 @@ impl Snapshot {
     fn from_parts(
         snapshot: wire::Snapshot,
         sandboxes: Vec<Arc<wire::Sandbox>>,
-        previews: Vec<Arc<wire::Preview>>,
+        previews: Vec<wire::Preview>,
         shares: Vec<Arc<wire::Share>>,
     ) -> Result<Self, StateError> {
         let mut s = Self::empty();
@@ -225,7 +209,7 @@ impl Snapshot {
             s.upsert_tenant(t);
         }
         s.index_sandboxes(sandboxes);
-        s.index_previews(previews);
+        s.previews = Previews::build(previews, &s.sandboxes);
         for k in snapshot.verify_keys {
             s.upsert_verify_key(k);
         }
@@ -311,7 +295,7 @@ impl Snapshot {
     pub fn to_wire(&self) -> wire::Snapshot {
         wire::Snapshot {
             sandboxes: self.sandboxes.values().map(|s| (**s).clone()).collect(),
-            previews: self.previews.values().map(|p| (**p).clone()).collect(),
+            previews: self.previews.values().cloned().collect(),
             shares: self.shares.values().map(|s| (**s).clone()).collect(),
             ..self.to_wire_but_records()
         }
@@ -352,8 +336,8 @@ impl Snapshot {
     }
 
     /// The preview a share opens, if it still exists.
-    pub fn preview_by_id(&self, id: &str) -> Option<&Arc<wire::Preview>> {
-        self.previews_by_id.get(id)
+    pub fn preview_by_id(&self, id: &str) -> Option<&Arc<PreviewEntry>> {
+        self.previews.by_id(id)
     }
 
     fn set_settings(&mut self, settings: wire::Settings) -> Result<(), StateError> {
@@ -400,14 +384,6 @@ impl Snapshot {
         self.sandboxes = by_id;
     }
 
-    /// A whole snapshot's previews, indexed at once (see [`Self::index_sandboxes`]).
-    fn index_previews(&mut self, previews: Vec<Arc<wire::Preview>>) {
-        match indexed_twice(previews) {
-            Ok((by_id, by_slug)) => (self.previews_by_id, self.previews) = (by_id, by_slug),
-            Err(records) => records.into_iter().for_each(|r| self.upsert_preview(Arc::unwrap_or_clone(r))),
-        }
-    }
-
     /// A whole snapshot's shares, indexed at once (see [`Self::index_sandboxes`]).
     fn index_shares(&mut self, shares: Vec<Arc<wire::Share>>) {
         match indexed_twice(shares) {
@@ -417,15 +393,22 @@ impl Snapshot {
     }
 
     fn upsert_sandbox(&mut self, sandbox: wire::Sandbox) {
-        self.remove_sandbox(&sandbox.id);
+        self.unindex_sandbox(&sandbox.id);
         let sandbox = Arc::new(sandbox);
         if sandbox.preview_auth_sha256.is_some() {
             self.preview_auth.insert(sandbox.clone());
         }
+        self.previews.repoint(&sandbox.id, Some(&sandbox));
         self.sandboxes.insert(sandbox);
     }
 
     fn remove_sandbox(&mut self, id: &str) {
+        self.unindex_sandbox(id);
+        self.previews.repoint(id, None);
+    }
+
+    /// Out of the sandbox indexes (its previews still hold it).
+    fn unindex_sandbox(&mut self, id: &str) {
         if let Some(old) = self.sandboxes.remove(id) {
             if let Some(hash) = &old.preview_auth_sha256 {
                 // Only if the token still names this sandbox.
@@ -495,19 +478,11 @@ impl Snapshot {
     }
 
     fn upsert_preview(&mut self, preview: wire::Preview) {
-        self.remove_preview(&preview.id);
-        let preview = Arc::new(preview);
-        self.previews_by_id.insert(preview.clone());
-        self.previews.insert(preview);
+        self.previews.upsert(preview, &self.sandboxes);
     }
 
     fn remove_preview(&mut self, id: &str) {
-        if let Some(old) = self.previews_by_id.remove(id) {
-            // Only if the slug still names this preview.
-            if self.previews.get(&old.slug).is_some_and(|p| p.id == id) {
-                self.previews.remove(&old.slug);
-            }
-        }
+        self.previews.remove(id);
     }
 }
 
@@ -577,12 +552,13 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 mod cowmap;
+mod previews;
 pub mod store;
 
 /// Two indexes of the same records, built at once; the records back when a key repeats in either (then
 /// they go in one at a time, the last one winning everywhere).
 #[allow(clippy::type_complexity)]
-fn indexed_twice<T: Clone, A: KeyOf<T>, B: KeyOf<T>>(
+fn indexed_twice<T, A: KeyOf<T>, B: KeyOf<T>>(
     records: Vec<Arc<T>>,
 ) -> Result<(CowIndex<T, A>, CowIndex<T, B>), Vec<Arc<T>>> {
     let (a, b) = (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));

@@ -440,7 +440,7 @@ fn write_packed(snap: &Snapshot, w: &mut impl Write) -> std::io::Result<()> {
         snap.version,
         &rest,
         packed::Records { len: snap.sandboxes.len(), iter: snap.sandboxes.values().map(|r| &**r) },
-        packed::Records { len: snap.previews.len(), iter: snap.previews.values().map(|r| &**r) },
+        packed::Records { len: snap.previews.len(), iter: snap.previews.values() },
         packed::Records { len: snap.shares.len(), iter: snap.shares.values().map(|r| &**r) },
         w,
     )

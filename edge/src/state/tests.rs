@@ -74,7 +74,7 @@ fn applying_changes_leaves_the_old_snapshot_untouched() {
 #[test]
 fn a_replaced_preview_slug_stops_resolving() {
     let s = Snapshot::from_wire(wire_snapshot()).expect("compiles");
-    let mut p = s.previews["slug0001"].as_ref().clone();
+    let mut p = s.previews.get("slug0001").expect("exists").preview.clone();
     p.slug = "slug0002".into();
     let s = s.apply(5, vec![Change::UpsertPreview { preview: p }]).expect("applies");
     assert!(!s.previews.contains_key("slug0001"));
@@ -168,4 +168,66 @@ fn a_snapshot_that_repeats_an_id_keeps_the_last_record_everywhere() {
     assert_eq!(s.previews.len(), 1);
     assert!(s.previews.contains_key("slug0002") && !s.previews.contains_key("slug0001"));
     assert_eq!(s.preview_by_id("pv_1").map(|p| p.slug.as_str()), Some("slug0002"));
+}
+
+fn sandbox_of<'a>(s: &'a Snapshot, slug: &str) -> Option<&'a str> {
+    s.previews.get(slug).and_then(|p| p.sandbox.as_ref()).map(|sb| sb.address.as_str())
+}
+
+/// A preview holds its sandbox's record (a preview host is one look-up): every change to the sandbox
+/// must reach the previews that open it, in the new snapshot only.
+#[test]
+fn a_preview_follows_its_sandbox_through_changes() {
+    let old = Snapshot::from_wire(wire_snapshot()).expect("compiles");
+    assert_eq!(sandbox_of(&old, "slug0001"), Some("127.0.0.2"));
+    let mut moved = old.sandboxes["abcd1234"].as_ref().clone();
+    moved.address = "127.0.0.9".into();
+    let new = old.apply(4, vec![Change::UpsertSandbox { sandbox: moved.clone() }]).expect("applies");
+    assert_eq!(sandbox_of(&new, "slug0001"), Some("127.0.0.9"));
+    assert_eq!(sandbox_of(&old, "slug0001"), Some("127.0.0.2"), "the old snapshot is untouched");
+    assert!(Arc::ptr_eq(
+        new.preview_by_id("pv_1").and_then(|p| p.sandbox.as_ref()).expect("held"),
+        &new.sandboxes["abcd1234"]
+    ));
+
+    let gone = new.apply(5, vec![Change::DeleteSandbox { id: "abcd1234".into() }]).expect("applies");
+    assert!(gone.previews.contains_key("slug0001") && sandbox_of(&gone, "slug0001").is_none());
+    let back = gone.apply(6, vec![Change::UpsertSandbox { sandbox: moved }]).expect("applies");
+    assert_eq!(sandbox_of(&back, "slug0001"), Some("127.0.0.9"));
+}
+
+/// A batch may name a preview before its sandbox, and a preview may move to another sandbox.
+#[test]
+fn a_preview_named_before_its_sandbox_or_moved_opens_the_right_one() {
+    let s = Snapshot::from_wire(wire_snapshot()).expect("compiles");
+    let other = Sandbox {
+        id: "efgh5678".into(),
+        address: "127.0.0.3".into(),
+        ..s.sandboxes["abcd1234"].as_ref().clone()
+    };
+    let early = Preview {
+        id: "pv_2".into(),
+        slug: "slug0002".into(),
+        sandbox_id: "efgh5678".into(),
+        ..s.previews.get("slug0001").expect("exists").preview.clone()
+    };
+    let s = s
+        .apply(
+            4,
+            vec![Change::UpsertPreview { preview: early.clone() }, Change::UpsertSandbox { sandbox: other }],
+        )
+        .expect("applies");
+    assert_eq!(sandbox_of(&s, "slug0002"), Some("127.0.0.3"));
+
+    let moved = Preview { sandbox_id: "abcd1234".into(), ..early };
+    let s = s.apply(5, vec![Change::UpsertPreview { preview: moved }]).expect("applies");
+    assert_eq!(sandbox_of(&s, "slug0002"), Some("127.0.0.2"));
+    // The sandbox it left no longer re-points it.
+    let mut left = s.sandboxes["efgh5678"].as_ref().clone();
+    left.address = "127.0.0.4".into();
+    let s = s.apply(6, vec![Change::UpsertSandbox { sandbox: left }]).expect("applies");
+    assert_eq!(sandbox_of(&s, "slug0002"), Some("127.0.0.2"));
+    let s = s.apply(7, vec![Change::DeletePreview { id: "pv_2".into() }]).expect("applies");
+    assert!(!s.previews.contains_key("slug0002"));
+    assert_eq!(sandbox_of(&s, "slug0001"), Some("127.0.0.2"));
 }
