@@ -16,7 +16,12 @@
 //!   and the one table the key lives in (n/4096 entries: ~250 at 1M). Applying a change is a few hundred
 //!   reference counts at the sizes an edge holds.
 //! - Memory: the entries of a flat table, plus 4096 small headers per map.
-//!   Small maps (tenants, keys) share one empty table and one group of pointers to it.
+//!
+//! A small map (tenants, keys, domains: up to [`SMALL`] entries) is one table instead, which a change
+//! copies whole (a few µs at that size). Spread over 4096 tables, each of its entries sat in a table of its
+//! own, header, control bytes and bucket in lines of their own: a route looks its tenant up on every
+//! request, and those lines did not stay in cache next to a million sandboxes' traffic. It is split into
+//! shards once it outgrows that.
 //!
 //! Two forms over the same tables: [`CowMap`], `Arc<str>` keys to values, and [`CowIndex`], records
 //! (`Arc<T>`) found by one of their own fields. An index stores one pointer per entry and no key of its
@@ -44,6 +49,8 @@ use hashbrown::HashTable;
 pub const SHARDS: usize = GROUPS * PER_GROUP;
 const GROUPS: usize = 64;
 const PER_GROUP: usize = 64;
+/// The most entries a map holds in one table (see the module's summary).
+const SMALL: usize = 1024;
 
 /// A hasher with a seed no client can know (see the module's summary for why).
 #[derive(Clone)]
@@ -76,29 +83,31 @@ type Group<E> = Arc<[Arc<HashTable<E>>]>;
 /// The copy-on-write table both forms are made of.
 struct Table<E> {
     shards: Arc<[Group<E>]>,
+    /// `SHARDS - 1`, or 0 for a small map: one group of one table.
+    mask: usize,
     hasher: Seeded,
     len: usize,
 }
 
 impl<E> Clone for Table<E> {
     fn clone(&self) -> Self {
-        Self { shards: self.shards.clone(), hasher: self.hasher.clone(), len: self.len }
+        Self { shards: self.shards.clone(), mask: self.mask, hasher: self.hasher.clone(), len: self.len }
     }
 }
 
 impl<E> Default for Table<E> {
+    /// A small map, empty.
     fn default() -> Self {
-        let empty = Arc::new(HashTable::new());
-        let group: Arc<[_]> = (0..PER_GROUP).map(|_| empty.clone()).collect();
-        Self { shards: (0..GROUPS).map(|_| group.clone()).collect(), hasher: Seeded::new(), len: 0 }
+        let one: Group<E> = Arc::new([Arc::new(HashTable::new())]);
+        Self { shards: Arc::new([one]), mask: 0, hasher: Seeded::new(), len: 0 }
     }
 }
 
 /// The group and the table in it.
 #[inline]
-fn shard_of(hash: u64) -> (usize, usize) {
+fn shard_of(hash: u64, mask: usize) -> (usize, usize) {
     // hashbrown uses the top 7 bits (control bytes) and the low bits (bucket): take the middle ones.
-    let i = (hash >> 32) as usize & (SHARDS - 1);
+    let i = (hash >> 32) as usize & mask;
     (i / PER_GROUP, i % PER_GROUP)
 }
 
@@ -106,7 +115,7 @@ impl<E: Entry> Table<E> {
     #[inline]
     fn get(&self, key: &E::Key) -> Option<&E> {
         let hash = self.hasher.hash_one(key);
-        let (g, t) = shard_of(hash);
+        let (g, t) = shard_of(hash, self.mask);
         self.shards[g][t].find(hash, |e| e.key() == key)
     }
 
@@ -115,8 +124,7 @@ impl<E: Entry> Table<E> {
     /// and grow (rehash) each table several times — most of a cold start's time at a million entries.
     /// A later entry with the same key replaces an earlier one, as [`Table::insert`] does.
     fn build(hint: usize, entries: impl IntoIterator<Item = E>) -> Self {
-        // Fewer entries than shards: most shards stay the one shared empty table.
-        if hint < SHARDS {
+        if hint <= SMALL {
             let mut table = Self::default();
             entries.into_iter().for_each(|e| drop(table.insert(e)));
             return table;
@@ -129,7 +137,7 @@ impl<E: Entry> Table<E> {
         let mut len = 0;
         for entry in entries {
             let hash = hasher.hash_one(entry.key());
-            let (g, t) = shard_of(hash);
+            let (g, t) = shard_of(hash, SHARDS - 1);
             let table = &mut tables[g * PER_GROUP + t];
             match table.find_mut(hash, |e| e.key() == entry.key()) {
                 Some(slot) => *slot = entry,
@@ -141,7 +149,7 @@ impl<E: Entry> Table<E> {
         }
         let mut tables = tables.into_iter().map(Arc::new);
         let shards = (0..GROUPS).map(|_| tables.by_ref().take(PER_GROUP).collect::<Group<E>>()).collect();
-        Self { shards, hasher, len }
+        Self { shards, mask: SHARDS - 1, hasher, len }
     }
 
     fn iter(&self) -> impl Iterator<Item = &E> + '_ {
@@ -150,7 +158,7 @@ impl<E: Entry> Table<E> {
 
     /// The table `hash` lives in, copied first if another snapshot shares it.
     fn shard_mut(&mut self, hash: u64) -> &mut HashTable<E> {
-        let (g, t) = shard_of(hash);
+        let (g, t) = shard_of(hash, self.mask);
         if Arc::get_mut(&mut self.shards).is_none() {
             self.shards = self.shards.iter().cloned().collect();
         }
@@ -174,6 +182,9 @@ impl<E: Entry> Table<E> {
             None => {
                 shard.insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
                 self.len += 1;
+                if self.mask == 0 && self.len > SMALL {
+                    *self = Self::build(self.len, self.iter().cloned().collect::<Vec<_>>());
+                }
                 None
             }
         }
@@ -182,7 +193,7 @@ impl<E: Entry> Table<E> {
     fn remove(&mut self, key: &E::Key) -> Option<E> {
         let hash = self.hasher.hash_one(key);
         // Copy nothing for a key that is not there.
-        let (g, t) = shard_of(hash);
+        let (g, t) = shard_of(hash, self.mask);
         self.shards[g][t].find(hash, |e| e.key() == key)?;
         let (entry, _) = self.shard_mut(hash).find_entry(hash, |e| e.key() == key).ok()?.remove();
         self.len -= 1;
@@ -404,6 +415,19 @@ mod tests {
         assert_eq!(shared, SHARDS - 1);
         let groups = a.0.shards.iter().zip(b.0.shards.iter()).filter(|(x, y)| Arc::ptr_eq(x, y)).count();
         assert_eq!(groups, GROUPS - 1);
+    }
+
+    #[test]
+    fn a_small_map_is_one_table_until_it_outgrows_it() {
+        let mut a: CowMap<usize> = (0..SMALL).map(|i| (Arc::from(i.to_string()), i)).collect();
+        assert_eq!((a.0.mask, a.0.shards.len()), (0, 1));
+        let small = a.clone();
+        a.insert("one more".into(), SMALL);
+        assert_eq!((a.0.mask, a.0.shards.len(), a.len()), (SHARDS - 1, GROUPS, SMALL + 1));
+        assert!((0..SMALL).all(|i| a.get(&i.to_string()) == Some(&i)) && a["one more"] == SMALL);
+        assert_eq!((small.len(), small.get("one more")), (SMALL, None), "the clone is untouched");
+        let built = CowIndex::<_, Name>::build((0..SMALL + 1).map(|i| Arc::new((format!("n{i}"), i as u32))));
+        assert_eq!((built.0.mask, built.len()), (SHARDS - 1, SMALL + 1));
     }
 
     #[test]
