@@ -106,6 +106,14 @@ pub enum TemplateError {
     Ambiguous(String),
 }
 
+/// One step of a [`HostTemplate`]'s plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Literal(String),
+    /// A value ending at the first `stop` byte (one it cannot contain), or, with none, taking the rest.
+    Value(Placeholder, Option<u8>),
+}
+
 /// A parsed host template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostTemplate {
@@ -117,6 +125,11 @@ pub struct HostTemplate {
     suffix: String,
     /// How many labels precede the suffix: the only ones a host's labels are matched against one by one.
     leading: usize,
+    /// The labels before the suffix as one run of steps, the dots between them literal text (no value
+    /// holds a dot), matched left to right with no search and no backtracking, when every value but the
+    /// last is followed by a character it cannot contain: every default template, and every route lookup
+    /// goes through one. `None` for a template that needs the label-by-label matcher.
+    plan: Option<Vec<Step>>,
 }
 
 impl HostTemplate {
@@ -185,7 +198,8 @@ impl HostTemplate {
             .map(|l| format!(".{}", render_literal(l)))
             .collect::<String>();
         let leading = labels.len() - fixed;
-        Ok(Self { source: lowered, kind, labels, suffix, leading })
+        let plan = plan(&labels[..leading]);
+        Ok(Self { source: lowered, kind, labels, suffix, leading, plan })
     }
 
     pub fn kind(&self) -> TemplateKind {
@@ -200,6 +214,15 @@ impl HostTemplate {
     pub fn matches<'h>(&self, host: &'h str) -> Option<HostMatch<'h>> {
         // Every request's host comes here: the suffix is compared once, as a whole, not label by label.
         let head = host.strip_suffix(self.suffix.as_str())?;
+        let values = match &self.plan {
+            Some(plan) => follow(plan, head)?,
+            None => self.match_labels(head)?,
+        };
+        self.found(values)
+    }
+
+    /// The label-by-label matcher, which tries each split point where a plan cannot.
+    fn match_labels<'h>(&self, head: &'h str) -> Option<[Option<&'h str>; 5]> {
         let mut values: [Option<&'h str>; 5] = [None; 5];
         let mut rest = head;
         for (i, pattern) in self.labels[..self.leading].iter().enumerate() {
@@ -211,6 +234,10 @@ impl HostTemplate {
             }
             rest = tail;
         }
+        Some(values)
+    }
+
+    fn found<'h>(&self, values: [Option<&'h str>; 5]) -> Option<HostMatch<'h>> {
         let get = |p: Placeholder| values[p as usize];
         Some(match self.kind {
             TemplateKind::SandboxPort => HostMatch::SandboxPort {
@@ -261,6 +288,65 @@ fn render_literal(tokens: &[Token]) -> String {
             Token::Value(_) => None,
         })
         .collect()
+}
+
+/// The plan for these labels (see [`HostTemplate::plan`]), if they need no backtracking.
+fn plan(labels: &[Vec<Token>]) -> Option<Vec<Step>> {
+    let mut steps: Vec<Step> = Vec::new();
+    let push_literal = |steps: &mut Vec<Step>, lit: &str| match steps.last_mut() {
+        Some(Step::Literal(l)) => l.push_str(lit),
+        _ => steps.push(Step::Literal(lit.to_string())),
+    };
+    for (i, label) in labels.iter().enumerate() {
+        if i > 0 {
+            push_literal(&mut steps, ".");
+        }
+        for token in label {
+            match token {
+                Token::Literal(l) => push_literal(&mut steps, l),
+                Token::Value(p) => steps.push(Step::Value(*p, None)),
+            }
+        }
+    }
+    for i in 0..steps.len() {
+        let stop = match steps.get(i + 1) {
+            Some(Step::Literal(l)) => l.bytes().next(),
+            _ => None,
+        };
+        if let Step::Value(p, end) = &mut steps[i] {
+            match stop {
+                Some(c) if p.may_contain(c) => return None,
+                _ => *end = stop,
+            }
+        }
+    }
+    Some(steps)
+}
+
+/// Follows a plan through the head of a host (the part before the template's suffix).
+#[inline]
+fn follow<'h>(plan: &[Step], head: &'h str) -> Option<[Option<&'h str>; 5]> {
+    let mut values: [Option<&'h str>; 5] = [None; 5];
+    let mut rest = head;
+    for step in plan {
+        match step {
+            Step::Literal(lit) => rest = rest.strip_prefix(lit.as_str())?,
+            Step::Value(p, stop) => {
+                // A stop byte is ASCII, so the split is at a character boundary.
+                let end = match stop {
+                    Some(c) => rest.bytes().position(|b| b == *c)?,
+                    None => rest.len(),
+                };
+                let (value, tail) = rest.split_at(end);
+                if !p.accepts(value) {
+                    return None;
+                }
+                values[*p as usize] = Some(value);
+                rest = tail;
+            }
+        }
+    }
+    rest.is_empty().then_some(values)
 }
 
 /// Matches one DNS label against its tokens, trying each split point for a placeholder (labels are at most

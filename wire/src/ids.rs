@@ -3,18 +3,36 @@
 /// Sandbox ids and preview slugs are lowercase `[a-z0-9]`, 4–40 characters (SPEC §2), so that they fit in
 /// one DNS label next to a port and a separator.
 pub fn is_host_id(s: &str) -> bool {
-    // Folded over every byte rather than stopping at the first bad one: every request's host comes here,
-    // and the compiler checks a fold many bytes at a time.
-    (4..=40).contains(&s.len())
-        && s.bytes().fold(true, |ok, b| ok & (b.is_ascii_lowercase() | b.is_ascii_digit()))
+    // Every request's host comes here: one table look-up a byte, no range comparisons.
+    (4..=40).contains(&s.len()) && s.bytes().all(|b| LABEL_BYTES[usize::from(b)] == ALNUM)
 }
+
+/// What each byte may be in a label: `ALNUM`, `DASH` or neither (0).
+const LABEL_BYTES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            ALNUM
+        } else if c == b'-' {
+            DASH
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+const ALNUM: u8 = 1;
+const DASH: u8 = 2;
 
 /// A DNS label as used for deployment names and workspaces: `[a-z0-9-]`, 1–63, no leading/trailing `-`.
 pub fn is_dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && !s.starts_with('-')
         && !s.ends_with('-')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| LABEL_BYTES[usize::from(b)] != 0)
 }
 
 /// A host name as a tenant may claim it (preview domain, custom domain): lowercase labels, at least two.

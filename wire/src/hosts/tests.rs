@@ -141,3 +141,60 @@ fn ports_are_one_to_65535_without_leading_zeros_or_signs() {
         assert_eq!(parse_port(s), None, "{s:?}");
     }
 }
+
+/// The plan (one left-to-right pass) and the label-by-label matcher agree on every host, for templates of
+/// every shape; templates that need backtracking have no plan.
+#[test]
+fn a_template_plan_matches_what_the_label_matcher_matches() {
+    let mut templates: Vec<&str> = DEFAULT_HOST_TEMPLATES.to_vec();
+    templates.extend([
+        "{sandbox}--{port}.preview.example.app",
+        "p{port}.{sandbox}.x.dev",
+        "x-{slug}-y.z.dev",
+        "{app}.x.{workspace}.d",
+        "{sandbox}x{port}.x.dev",
+        "{port}a{sandbox}.x.dev",
+    ]);
+    let hosts = [
+        "3000-abcd.sandbox.localhost",
+        "3000-abcd.x.sandbox.localhost",
+        "3000--abcd.sandbox.localhost",
+        "sb-abcd-p80.workers.localhost",
+        "sb-abcd-p80-.workers.localhost",
+        "sb-abcd-p-p80.workers.localhost",
+        "myslug1.preview.localhost",
+        "a.b.preview.localhost",
+        "web-1.team-2.apps.localhost",
+        "web.team.x.apps.localhost",
+        "abcd--8080.preview.example.app",
+        "abcd-8080.preview.example.app",
+        "p80.abcd.x.dev",
+        "p80.ab.x.dev",
+        "p080.abcd.x.dev",
+        "x-slug1-y.z.dev",
+        "x-slug1-y-.z.dev",
+        "my-app.x.team.d",
+        "my-app.y.team.d",
+        "abcxx1.x.dev",
+        "1aaabc.x.dev",
+        "3000-ABCD.sandbox.localhost",
+        "",
+        ".",
+        "-.x.dev",
+        "99999-abcd.sandbox.localhost",
+        "65535-abcd.sandbox.localhost",
+    ];
+    let mut planned = 0;
+    for source in templates {
+        let t = HostTemplate::parse(source).expect("valid");
+        planned += usize::from(t.plan.is_some());
+        for host in hosts {
+            let by_labels = host
+                .strip_suffix(t.suffix.as_str())
+                .and_then(|head| t.match_labels(head))
+                .and_then(|v| t.found(v));
+            assert_eq!(t.matches(host), by_labels, "{source} on {host}");
+        }
+    }
+    assert_eq!(planned, 9, "all but `{{sandbox}}x{{port}}`, whose value may hold the x after it");
+}
