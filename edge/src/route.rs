@@ -82,8 +82,8 @@ pub fn resolve(snap: &Snapshot, raw_host: &str) -> Result<Route, EdgeError> {
     let matched = snap.templates.iter().find_map(|t| t.matches(&host));
     match matched {
         Some(HostMatch::SandboxPort { sandbox, port }) => {
-            let sandbox = snap.sandboxes.get(sandbox).ok_or(EdgeError::NotFound)?;
-            let tenant = snap.tenants.get(sandbox.tenant_id.as_str()).ok_or(EdgeError::NotFound)?;
+            let (sandbox, tenant) = snap.sandboxes.get_with(sandbox).ok_or(EdgeError::NotFound)?;
+            let tenant = snap.tenants.at(tenant).ok_or(EdgeError::NotFound)?;
             Ok(Route {
                 kind: RouteKind::SandboxPort,
                 tenant: tenant.clone(),
@@ -112,13 +112,13 @@ pub fn resolve(snap: &Snapshot, raw_host: &str) -> Result<Route, EdgeError> {
 }
 
 fn preview(snap: &Snapshot, slug: &str, tenant_id: Option<&Arc<str>>) -> Result<Route, EdgeError> {
-    let preview = snap.previews.get(slug).ok_or(EdgeError::NotFound)?;
+    let (preview, tenant) = snap.previews.get_with_tenant(slug).ok_or(EdgeError::NotFound)?;
     if tenant_id.is_some_and(|t| **t != *preview.tenant_id) {
         return Err(EdgeError::NotFound);
     }
     // Held by the preview: no second look-up among the sandboxes.
     let sandbox = preview.sandbox.as_ref().ok_or(EdgeError::NotFound)?;
-    let tenant = snap.tenants.get(preview.tenant_id.as_str()).ok_or(EdgeError::NotFound)?;
+    let tenant = snap.tenants.at(tenant).ok_or(EdgeError::NotFound)?;
     Ok(Route {
         kind: RouteKind::Preview,
         tenant: tenant.clone(),

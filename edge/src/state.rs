@@ -44,6 +44,7 @@ pub enum StateError {
 
 pub use cowmap::{CowIndex, CowMap, KeyOf};
 pub use previews::{PreviewEntry, Previews};
+pub use tenants::{Slot, Tenants};
 
 type Map<V> = CowMap<V>;
 
@@ -96,8 +97,9 @@ pub struct Snapshot {
     pub templates: Vec<HostTemplate>,
     /// `frame-ancestors …` for requests with no tenant (unknown hosts).
     pub default_frame_ancestors: String,
-    pub tenants: Map<Arc<TenantEntry>>,
-    pub sandboxes: CowIndex<wire::Sandbox, by::Id>,
+    pub tenants: Tenants,
+    /// Sandboxes by id, each with its tenant's slot.
+    pub sandboxes: CowIndex<wire::Sandbox, by::Id, Slot>,
     /// Previews by slug (the key the hot path has) and by id, each with its sandbox.
     pub previews: Previews,
     /// Verified tenant preview domains → tenant id.
@@ -147,7 +149,7 @@ impl Snapshot {
             default_frame_ancestors: frame_ancestors_directive(&settings.default_frame_ancestors),
             settings,
             templates: Vec::new(),
-            tenants: Map::default(),
+            tenants: Tenants::default(),
             sandboxes: CowIndex::default(),
             previews: Previews::default(),
             preview_domains: Map::default(),
@@ -209,7 +211,7 @@ impl Snapshot {
             s.upsert_tenant(t);
         }
         s.index_sandboxes(sandboxes);
-        s.previews = Previews::build(previews, &s.sandboxes);
+        s.previews = Previews::build(previews, &s.sandboxes, &mut s.tenants);
         for k in snapshot.verify_keys {
             s.upsert_verify_key(k);
         }
@@ -365,16 +367,19 @@ impl Snapshot {
         let sources = tenant.frame_ancestors.as_ref().unwrap_or(&self.settings.default_frame_ancestors);
         let frame_ancestors = frame_ancestors_directive(sources);
         let rate_limits = tenant.rate_limits.unwrap_or(self.settings.default_rate_limits);
-        self.tenants.insert(
-            tenant.id.as_str().into(),
-            Arc::new(TenantEntry { tenant, frame_ancestors, rate_limits, metrics: Default::default() }),
-        );
+        self.tenants.insert(TenantEntry {
+            tenant,
+            frame_ancestors,
+            rate_limits,
+            metrics: Default::default(),
+        });
     }
 
     /// A whole snapshot's sandboxes, indexed at once. Ids are unique in what control sends; were one
     /// repeated, the records go in one by one instead, so that the last one wins everywhere.
     fn index_sandboxes(&mut self, records: Vec<Arc<wire::Sandbox>>) {
-        let by_id = CowIndex::build(records.iter().cloned());
+        let tenants = &mut self.tenants;
+        let by_id = CowIndex::build_with(records.iter().map(|r| (r.clone(), tenants.slot(&r.tenant_id))));
         if by_id.len() != records.len() {
             records.into_iter().for_each(|r| self.upsert_sandbox(Arc::unwrap_or_clone(r)));
             return;
@@ -399,7 +404,8 @@ impl Snapshot {
             self.preview_auth.insert(sandbox.clone());
         }
         self.previews.repoint(&sandbox.id, Some(&sandbox));
-        self.sandboxes.insert(sandbox);
+        let tenant = self.tenants.slot(&sandbox.tenant_id);
+        self.sandboxes.insert_with(sandbox, tenant);
     }
 
     fn remove_sandbox(&mut self, id: &str) {
@@ -478,7 +484,7 @@ impl Snapshot {
     }
 
     fn upsert_preview(&mut self, preview: wire::Preview) {
-        self.previews.upsert(preview, &self.sandboxes);
+        self.previews.upsert(preview, &self.sandboxes, &mut self.tenants);
     }
 
     fn remove_preview(&mut self, id: &str) {
@@ -554,6 +560,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 mod cowmap;
 mod previews;
 pub mod store;
+mod tenants;
 
 /// Two indexes of the same records, built at once; the records back when a key repeats in either (then
 /// they go in one at a time, the last one winning everywhere).

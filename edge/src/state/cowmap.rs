@@ -302,44 +302,45 @@ pub trait KeyOf<T> {
     fn key(record: &T) -> &Self::Key;
 }
 
-/// An entry of a [`CowIndex`]: the record, its key read from it.
-pub struct Keyed<T, K>(Arc<T>, PhantomData<fn() -> K>);
+/// An entry of a [`CowIndex`]: the record (its key read from it) and a small value of the index's own.
+pub struct Keyed<T, K, X>(Arc<T>, X, PhantomData<fn() -> K>);
 
-impl<T, K> Clone for Keyed<T, K> {
+impl<T, K, X: Copy> Clone for Keyed<T, K, X> {
     fn clone(&self) -> Self {
-        Self(self.0.clone(), PhantomData)
+        Self(self.0.clone(), self.1, PhantomData)
     }
 }
 
-impl<T, K: KeyOf<T>> Entry for Keyed<T, K> {
+impl<T, K: KeyOf<T>, X: Copy> Entry for Keyed<T, K, X> {
     type Key = K::Key;
     fn key(&self) -> &K::Key {
         K::key(&self.0)
     }
 }
 
-/// Records found by one of their own fields (`K`).
-pub struct CowIndex<T, K>(Table<Keyed<T, K>>);
+/// Records found by one of their own fields (`K`), each with a small value `X` that is the index's, not
+/// the record's (none by default): what a look-up wants next to the record without another look-up.
+pub struct CowIndex<T, K, X = ()>(Table<Keyed<T, K, X>>);
 
-impl<T, K> Clone for CowIndex<T, K> {
+impl<T, K, X> Clone for CowIndex<T, K, X> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
     }
 }
 
-impl<T, K> Default for CowIndex<T, K> {
+impl<T, K, X> Default for CowIndex<T, K, X> {
     fn default() -> Self {
         Self(Table::default())
     }
 }
 
-impl<T: std::fmt::Debug, K: KeyOf<T>> std::fmt::Debug for CowIndex<T, K> {
+impl<T: std::fmt::Debug, K: KeyOf<T>, X: Copy> std::fmt::Debug for CowIndex<T, K, X> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.values()).finish()
     }
 }
 
-impl<T, K: KeyOf<T>> CowIndex<T, K> {
+impl<T, K: KeyOf<T>, X: Copy> CowIndex<T, K, X> {
     pub fn len(&self) -> usize {
         self.0.len
     }
@@ -353,6 +354,12 @@ impl<T, K: KeyOf<T>> CowIndex<T, K> {
         self.0.get(key).map(|e| &e.0)
     }
 
+    /// The record with the index's value for it.
+    #[inline]
+    pub fn get_with(&self, key: &K::Key) -> Option<(&Arc<T>, X)> {
+        self.0.get(key).map(|e| (&e.0, e.1))
+    }
+
     #[inline]
     pub fn contains_key(&self, key: &K::Key) -> bool {
         self.0.get(key).is_some()
@@ -364,13 +371,13 @@ impl<T, K: KeyOf<T>> CowIndex<T, K> {
 
     /// An index of `records` built at once (see [`Table::build`]); a later record with the same key
     /// replaces an earlier one.
-    pub fn build(records: impl ExactSizeIterator<Item = Arc<T>>) -> Self {
-        Self(Table::build(records.len(), records.map(|r| Keyed(r, PhantomData))))
+    pub fn build_with(records: impl ExactSizeIterator<Item = (Arc<T>, X)>) -> Self {
+        Self(Table::build(records.len(), records.map(|(r, x)| Keyed(r, x, PhantomData))))
     }
 
     /// Inserts or replaces the record with the same key; returns the one it replaced.
-    pub fn insert(&mut self, record: Arc<T>) -> Option<Arc<T>> {
-        self.0.insert(Keyed(record, PhantomData)).map(|e| e.0)
+    pub fn insert_with(&mut self, record: Arc<T>, x: X) -> Option<Arc<T>> {
+        self.0.insert(Keyed(record, x, PhantomData)).map(|e| e.0)
     }
 
     pub fn remove(&mut self, key: &K::Key) -> Option<Arc<T>> {
@@ -378,7 +385,19 @@ impl<T, K: KeyOf<T>> CowIndex<T, K> {
     }
 }
 
-impl<T, K: KeyOf<T>> std::ops::Index<&K::Key> for CowIndex<T, K> {
+impl<T, K: KeyOf<T>> CowIndex<T, K> {
+    /// See [`Self::build_with`].
+    pub fn build(records: impl ExactSizeIterator<Item = Arc<T>>) -> Self {
+        Self::build_with(records.map(|r| (r, ())))
+    }
+
+    /// See [`Self::insert_with`].
+    pub fn insert(&mut self, record: Arc<T>) -> Option<Arc<T>> {
+        self.insert_with(record, ())
+    }
+}
+
+impl<T, K: KeyOf<T>, X: Copy> std::ops::Index<&K::Key> for CowIndex<T, K, X> {
     type Output = Arc<T>;
 
     /// Panics when the key is absent, like `HashMap`'s: for tests.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use portico_wire as wire;
 use portico_wire::snapshot::CompactString;
 
-use super::{by, CowIndex, KeyOf};
+use super::{by, CowIndex, KeyOf, Slot, Tenants};
 
 /// A preview as the route step finds it.
 #[derive(Debug)]
@@ -63,20 +63,21 @@ impl KeyOf<OfSandbox> for SandboxId {
 /// The previews of a snapshot, found by slug (the key a host gives) and by id (the key changes give).
 #[derive(Clone, Debug, Default)]
 pub struct Previews {
-    by_slug: CowIndex<PreviewEntry, by::Slug>,
+    /// With each preview's tenant slot: a route needs the tenant next.
+    by_slug: CowIndex<PreviewEntry, by::Slug, Slot>,
     by_id: CowIndex<PreviewEntry, by::Id>,
     /// Sandbox id → its previews: what a sandbox's change re-points. Kept whether or not the sandbox
     /// exists yet, since a batch of changes may name a preview before its sandbox.
     of_sandbox: CowIndex<OfSandbox, SandboxId>,
 }
 
-type Sandboxes = CowIndex<wire::Sandbox, by::Id>;
+type Sandboxes = CowIndex<wire::Sandbox, by::Id, Slot>;
 
 impl Previews {
     /// A whole snapshot's previews at once, each with its sandbox from `sandboxes`. Ids and slugs are
     /// unique in what control sends; were one repeated, the previews go in one by one instead, so that the
     /// last one wins everywhere.
-    pub fn build(records: Vec<wire::Preview>, sandboxes: &Sandboxes) -> Self {
+    pub fn build(records: Vec<wire::Preview>, sandboxes: &Sandboxes, tenants: &mut Tenants) -> Self {
         let mut of: HashMap<&str, Vec<CompactString>> = HashMap::new();
         for p in &records {
             of.entry(p.sandbox_id.as_str()).or_default().push(p.id.clone());
@@ -95,17 +96,18 @@ impl Previews {
                 Arc::new(PreviewEntry { sandbox: sandboxes.get(&preview.sandbox_id).cloned(), preview })
             })
             .collect();
-        match super::indexed_twice(entries) {
-            Ok((by_id, by_slug)) => Self { by_slug, by_id, of_sandbox },
-            Err(entries) => {
-                let mut previews = Self::default();
-                for e in entries {
-                    let preview = Arc::try_unwrap(e).map_or_else(|e| e.preview.clone(), |e| e.preview);
-                    previews.upsert(preview, sandboxes);
-                }
-                previews
-            }
+        let by_id = CowIndex::build(entries.iter().cloned());
+        let by_slug = CowIndex::build_with(entries.iter().map(|e| (e.clone(), tenants.slot(&e.tenant_id))));
+        if by_id.len() == entries.len() && by_slug.len() == entries.len() {
+            return Self { by_slug, by_id, of_sandbox };
         }
+        drop((by_id, by_slug));
+        let mut previews = Self::default();
+        for e in entries {
+            let preview = Arc::try_unwrap(e).map_or_else(|e| e.preview.clone(), |e| e.preview);
+            previews.upsert(preview, sandboxes, tenants);
+        }
+        previews
     }
 
     pub fn len(&self) -> usize {
@@ -117,9 +119,14 @@ impl Previews {
     }
 
     /// The preview a host's slug names.
-    #[inline]
     pub fn get(&self, slug: &str) -> Option<&Arc<PreviewEntry>> {
         self.by_slug.get(slug)
+    }
+
+    /// The preview a host's slug names, with its tenant's slot.
+    #[inline]
+    pub fn get_with_tenant(&self, slug: &str) -> Option<(&Arc<PreviewEntry>, Slot)> {
+        self.by_slug.get_with(slug)
     }
 
     pub fn contains_key(&self, slug: &str) -> bool {
@@ -135,12 +142,13 @@ impl Previews {
     }
 
     /// Inserts or replaces the preview with this id; the slug goes to it even if another preview had it.
-    pub fn upsert(&mut self, preview: wire::Preview, sandboxes: &Sandboxes) {
+    pub fn upsert(&mut self, preview: wire::Preview, sandboxes: &Sandboxes, tenants: &mut Tenants) {
         self.remove(&preview.id);
         self.link(&preview.sandbox_id, &preview.id);
+        let tenant = tenants.slot(&preview.tenant_id);
         let entry = Arc::new(PreviewEntry { sandbox: sandboxes.get(&preview.sandbox_id).cloned(), preview });
         self.by_id.insert(entry.clone());
-        self.by_slug.insert(entry);
+        self.by_slug.insert_with(entry, tenant);
     }
 
     pub fn remove(&mut self, id: &str) {
@@ -158,8 +166,10 @@ impl Previews {
         for id in of.previews.iter() {
             let Some(old) = self.by_id.get(id).cloned() else { continue };
             let entry = Arc::new(PreviewEntry { preview: old.preview.clone(), sandbox: sandbox.cloned() });
-            if self.by_slug.get(&old.slug).is_some_and(|p| Arc::ptr_eq(p, &old)) {
-                self.by_slug.insert(entry.clone());
+            if let Some((p, tenant)) = self.by_slug.get_with(&old.slug) {
+                if Arc::ptr_eq(p, &old) {
+                    self.by_slug.insert_with(entry.clone(), tenant);
+                }
             }
             self.by_id.insert(entry);
         }

@@ -231,3 +231,41 @@ fn a_preview_named_before_its_sandbox_or_moved_opens_the_right_one() {
     assert!(!s.previews.contains_key("slug0002"));
     assert_eq!(sandbox_of(&s, "slug0001"), Some("127.0.0.2"));
 }
+
+fn tenant_of<'a>(s: &'a Snapshot, sandbox: &str) -> Option<&'a str> {
+    let (_, slot) = s.sandboxes.get_with(sandbox)?;
+    s.tenants.at(slot).map(|t| t.frame_ancestors.as_str())
+}
+
+/// Sandboxes and previews hold their tenant's slot, not the tenant: a tenant's change, removal and return
+/// reach them with nothing re-pointed, in the new snapshot only; a sandbox named before its tenant finds
+/// it once it comes.
+#[test]
+fn sandboxes_and_previews_find_their_tenant_as_it_is_now() {
+    let old = Snapshot::from_wire(wire_snapshot()).expect("compiles");
+    assert_eq!(tenant_of(&old, "abcd1234"), Some("frame-ancestors https://app.example.com"));
+    let mut tenant = old.tenants["tn_a"].tenant.clone();
+    tenant.frame_ancestors = Some(vec!["https://b.example.com".into()]);
+    let new = old.apply(4, vec![Change::UpsertTenant { tenant: tenant.clone() }]).expect("applies");
+    assert_eq!(tenant_of(&new, "abcd1234"), Some("frame-ancestors https://b.example.com"));
+    assert_eq!(tenant_of(&old, "abcd1234"), Some("frame-ancestors https://app.example.com"));
+    let (_, slot) = new.previews.get_with_tenant("slug0001").expect("exists");
+    assert!(Arc::ptr_eq(new.tenants.at(slot).expect("tenant"), &new.tenants["tn_a"]));
+
+    let gone = new.apply(5, vec![Change::DeleteTenant { id: "tn_a".into() }]).expect("applies");
+    assert_eq!((tenant_of(&gone, "abcd1234"), gone.tenants.len()), (None, 0));
+    let back = gone.apply(6, vec![Change::UpsertTenant { tenant }]).expect("applies");
+    assert_eq!(tenant_of(&back, "abcd1234"), Some("frame-ancestors https://b.example.com"));
+
+    let early = Sandbox {
+        id: "efgh5678".into(),
+        tenant_id: "tn_b".into(),
+        ..back.sandboxes["abcd1234"].as_ref().clone()
+    };
+    let s = back.apply(7, vec![Change::UpsertSandbox { sandbox: early }]).expect("applies");
+    assert_eq!(tenant_of(&s, "efgh5678"), None);
+    let tn_b = Tenant { id: "tn_b".into(), frame_ancestors: None, ..s.tenants["tn_a"].tenant.clone() };
+    let s = s.apply(8, vec![Change::UpsertTenant { tenant: tn_b }]).expect("applies");
+    assert_eq!(tenant_of(&s, "efgh5678"), Some("frame-ancestors 'self'"));
+    assert_eq!(s.tenants.len(), 2);
+}
