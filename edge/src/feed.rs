@@ -196,10 +196,13 @@ impl FeedClient {
 /// edge's memory.
 async fn read_body(mut resp: reqwest::Response, url: &str, limit: u64) -> Result<Bytes, FeedError> {
     let too_large = || FeedError::TooLarge { url: url.to_string() };
-    if resp.content_length().is_some_and(|n| n > limit) {
+    let stated = resp.content_length();
+    if stated.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = bytes::BytesMut::new();
+    // Sized once when the length is stated, rather than grown by doubling (a snapshot's body would be
+    // copied a dozen times over).
+    let mut body = bytes::BytesMut::with_capacity(stated.map_or(0, |n| n as usize));
     while let Some(chunk) =
         resp.chunk().await.map_err(|source| FeedError::Http { url: url.to_string(), source })?
     {

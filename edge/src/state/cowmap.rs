@@ -485,6 +485,15 @@ mod tests {
         assert_eq!((built["n7"].1, copy["n7"].1), (70, 7));
     }
 
+    /// Entries past their shard's share wait apart while a big table is built: the last of a key still wins.
+    #[test]
+    fn a_built_table_keeps_the_last_of_each_key_however_they_crowd_one_shard() {
+        let records = (0..5000u32).map(|i| Arc::new((format!("k{}", i % 10), i)));
+        let built = CowIndex::<_, Name>::build(records);
+        assert_eq!((built.0.mask, built.len()), (SHARDS - 1, 10));
+        assert!((0..10u32).all(|k| built[format!("k{k}").as_str()].1 == 4990 + k));
+    }
+
     struct Name;
     impl KeyOf<(String, u32)> for Name {
         type Key = str;
