@@ -192,6 +192,9 @@ impl FeedClient {
     }
 }
 
+/// The most a feed answer's stated length reserves up front (a compressed answer at 1M sandboxes is ~40 MB).
+const PRESIZE_MAX: u64 = 256 << 20;
+
 /// A feed answer's body, read up to `limit` bytes: control is trusted with the state, not with the
 /// edge's memory.
 async fn read_body(mut resp: reqwest::Response, url: &str, limit: u64) -> Result<Bytes, FeedError> {
@@ -201,8 +204,9 @@ async fn read_body(mut resp: reqwest::Response, url: &str, limit: u64) -> Result
         return Err(too_large());
     }
     // Sized once when the length is stated, rather than grown by doubling (a snapshot's body would be
-    // copied a dozen times over).
-    let mut body = bytes::BytesMut::with_capacity(stated.map_or(0, |n| n as usize));
+    // copied a dozen times over); a stated length is not trusted with more than `PRESIZE_MAX` before the
+    // bytes arrive.
+    let mut body = bytes::BytesMut::with_capacity(stated.map_or(0, |n| n.min(PRESIZE_MAX) as usize));
     while let Some(chunk) =
         resp.chunk().await.map_err(|source| FeedError::Http { url: url.to_string(), source })?
     {

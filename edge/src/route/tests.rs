@@ -92,3 +92,28 @@ fn unknown_hosts_sandboxes_and_slugs_are_not_found() {
         assert_eq!(resolve(&snap(), host).err(), Some(EdgeError::NotFound), "{host}");
     }
 }
+
+/// A preview holds its sandbox and both hold their tenant's slot: a route must still be `not_found` once
+/// control deletes the sandbox or the tenant, and route again when they come back.
+#[test]
+fn a_deleted_sandbox_or_tenant_is_not_found_until_it_returns() {
+    let s = snap();
+    let (port_host, preview_host) = ("3000-sbxa0001.sandbox.localhost", "slugaaaa.preview.localhost");
+    let sandbox = s.sandboxes["sbxa0001"].as_ref().clone();
+    let tenant = s.tenants["tn_a"].tenant.clone();
+
+    let no_sandbox =
+        s.apply(2, vec![wire::Change::DeleteSandbox { id: "sbxa0001".into() }]).expect("applies");
+    assert_eq!(resolve(&no_sandbox, preview_host).err(), Some(EdgeError::NotFound));
+    let back = no_sandbox.apply(3, vec![wire::Change::UpsertSandbox { sandbox }]).expect("applies");
+    assert_eq!(resolve(&back, preview_host).expect("routes").port(), Some(5173));
+
+    let no_tenant = back.apply(4, vec![wire::Change::DeleteTenant { id: "tn_a".into() }]).expect("applies");
+    for host in [port_host, preview_host] {
+        assert_eq!(resolve(&no_tenant, host).err(), Some(EdgeError::NotFound), "{host}");
+    }
+    let back = no_tenant.apply(5, vec![wire::Change::UpsertTenant { tenant }]).expect("applies");
+    for host in [port_host, preview_host] {
+        assert_eq!(resolve(&back, host).expect("routes").tenant.tenant.id, "tn_a", "{host}");
+    }
+}
