@@ -391,7 +391,7 @@ impl Snapshot {
 
     /// A whole snapshot's shares, indexed at once (see [`Self::index_sandboxes`]).
     fn index_shares(&mut self, shares: Vec<Arc<wire::Share>>) {
-        match indexed_twice(shares) {
+        match indexed_twice(shares, |_| ()) {
             Ok((by_id, by_hash)) => (self.shares_by_id, self.shares) = (by_id, by_hash),
             Err(records) => records.into_iter().for_each(|r| self.upsert_share(Arc::unwrap_or_clone(r))),
         }
@@ -562,13 +562,16 @@ mod previews;
 pub mod store;
 mod tenants;
 
-/// Two indexes of the same records, built at once; the records back when a key repeats in either (then
-/// they go in one at a time, the last one winning everywhere).
+/// Two indexes of the same records, built at once, the second with a value `x` gives for each record;
+/// the records back when a key repeats in either (then they go in one at a time, the last one winning
+/// everywhere).
 #[allow(clippy::type_complexity)]
-fn indexed_twice<T, A: KeyOf<T>, B: KeyOf<T>>(
+fn indexed_twice<T, A: KeyOf<T>, B: KeyOf<T>, X: Copy>(
     records: Vec<Arc<T>>,
-) -> Result<(CowIndex<T, A>, CowIndex<T, B>), Vec<Arc<T>>> {
-    let (a, b) = (CowIndex::build(records.iter().cloned()), CowIndex::build(records.iter().cloned()));
+    mut x: impl FnMut(&T) -> X,
+) -> Result<(CowIndex<T, A>, CowIndex<T, B, X>), Vec<Arc<T>>> {
+    let a = CowIndex::build(records.iter().cloned());
+    let b = CowIndex::build_with(records.iter().map(|r| (r.clone(), x(r))));
     if a.len() == records.len() && b.len() == records.len() {
         return Ok((a, b));
     }

@@ -96,12 +96,10 @@ impl Previews {
                 Arc::new(PreviewEntry { sandbox: sandboxes.get(&preview.sandbox_id).cloned(), preview })
             })
             .collect();
-        let by_id = CowIndex::build(entries.iter().cloned());
-        let by_slug = CowIndex::build_with(entries.iter().map(|e| (e.clone(), tenants.slot(&e.tenant_id))));
-        if by_id.len() == entries.len() && by_slug.len() == entries.len() {
-            return Self { by_slug, by_id, of_sandbox };
-        }
-        drop((by_id, by_slug));
+        let entries = match super::indexed_twice(entries, |e| tenants.slot(&e.tenant_id)) {
+            Ok((by_id, by_slug)) => return Self { by_slug, by_id, of_sandbox },
+            Err(entries) => entries,
+        };
         let mut previews = Self::default();
         for e in entries {
             let preview = Arc::try_unwrap(e).map_or_else(|e| e.preview.clone(), |e| e.preview);
