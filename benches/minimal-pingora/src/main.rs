@@ -81,6 +81,9 @@ fn main() -> ExitCode {
         threads,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
+        // The edge's runtime settings (`edge/src/lib.rs`), so that a comparison measures the edge's own work.
+        work_stealing: false,
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
