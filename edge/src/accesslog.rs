@@ -79,7 +79,7 @@ pub struct Line {
     pub route: &'static str,
     pub error: Option<&'static str>,
     /// The request's `X-Request-Id`, once the edge assigns one.
-    pub request_id: Option<String>,
+    pub request_id: Option<crate::request_id::RequestId>,
 }
 
 /// The sending side, shared by every listener's pipeline.
@@ -229,7 +229,7 @@ impl Line {
             tenant: self.tenant.as_deref(),
             route: self.route,
             error: self.error,
-            request_id: self.request_id.as_deref(),
+            request_id: self.request_id.as_ref().map(crate::request_id::RequestId::as_str),
         };
         // Serializing plain strings and numbers into a Vec cannot fail.
         if serde_json::to_writer(&mut *buf, &json).is_ok() {

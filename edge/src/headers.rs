@@ -1,6 +1,10 @@
 //! Header rewriting on the way out: CSP `frame-ancestors` per tenant, no `X-Frame-Options`
 //! (SPEC §4 step 6), and the `X-Forwarded-*` headers added on the way in.
 
+use std::io::Write;
+use std::net::IpAddr;
+
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// `frame-ancestors <sources>`; no sources means only the page's own origin.
@@ -32,14 +36,21 @@ pub fn merge_csp_list(upstream: &str, frame_ancestors: &str) -> String {
     upstream.split(',').map(|policy| merge_csp(policy, frame_ancestors)).collect::<Vec<_>>().join(", ")
 }
 
+/// The directive as the header value responses carry, made once per tenant: cloning it shares the bytes, so
+/// a response costs no copy or check of them. Control checks every source; were one unfit for a header, the
+/// tenant's pages could not be embedded at all rather than be embeddable anywhere.
+pub fn frame_ancestors_header(directive: &str) -> HeaderValue {
+    HeaderValue::try_from(directive.to_string()).unwrap_or(HeaderValue::from_static("frame-ancestors 'none'"))
+}
+
 /// Sets the tenant's `frame-ancestors` on a proxied response and drops `X-Frame-Options`, which would
 /// otherwise block the embedding the tenant allowed.
-pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &str) -> pingora::Result<()> {
+pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &HeaderValue) -> pingora::Result<()> {
     // The usual case, a response with neither header: nothing to merge or remove.
     if !resp.headers.contains_key(http::header::CONTENT_SECURITY_POLICY)
         && !resp.headers.contains_key(http::header::X_FRAME_OPTIONS)
     {
-        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors);
+        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors.clone());
     }
     let existing: Vec<String> = resp
         .headers
@@ -50,10 +61,11 @@ pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &str) -> p
     resp.remove_header(&http::header::CONTENT_SECURITY_POLICY);
     resp.remove_header(&http::header::X_FRAME_OPTIONS);
     if existing.is_empty() {
-        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors);
+        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors.clone());
     }
+    let directive = frame_ancestors.to_str().unwrap_or("frame-ancestors 'none'");
     for value in &existing {
-        resp.append_header(http::header::CONTENT_SECURITY_POLICY, merge_csp_list(value, frame_ancestors))?;
+        resp.append_header(http::header::CONTENT_SECURITY_POLICY, merge_csp_list(value, directive))?;
     }
     Ok(())
 }
@@ -105,12 +117,13 @@ pub fn host_only_cookie(value: &str, session_cookie: &str) -> Option<String> {
 const CLIENT_FORWARDING: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-port"];
 
 /// Adds `X-Forwarded-For/Proto/Host`. The client's own `X-Forwarded-For` is replaced, not extended: the
-/// edge is the first hop a sandbox can trust.
+/// edge is the first hop a sandbox can trust. `host` is the request's own value (a shared slice of what
+/// the client sent, not a copy); no address leaves it `X-Forwarded-For` empty.
 pub fn add_forwarded(
     req: &mut RequestHeader,
-    client_ip: &str,
-    proto: &str,
-    host: &str,
+    client_ip: Option<IpAddr>,
+    proto: &'static str,
+    host: HeaderValue,
 ) -> pingora::Result<()> {
     // One pass over the names present: looking up each of these would parse and hash it every time.
     if req.headers.keys().any(|k| CLIENT_FORWARDING.contains(&k.as_str())) {
@@ -118,10 +131,50 @@ pub fn add_forwarded(
             req.remove_header(name);
         }
     }
-    req.insert_header("x-forwarded-for", client_ip)?;
-    req.insert_header("x-forwarded-proto", proto)?;
+    let mut digits = [0u8; MAX_ADDRESS_LEN];
+    req.insert_header("x-forwarded-for", address_text(client_ip, &mut digits))?;
+    req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
     req.insert_header("x-forwarded-host", host)?;
     Ok(())
+}
+
+/// The longest IPv6 text (`ffff:…:255.255.255.255`).
+const MAX_ADDRESS_LEN: usize = 45;
+
+/// An address as text in `buf`, IPv4 (nearly every client) digit by digit: `Display` goes through the
+/// formatter's padding machinery, a noticeable part of a request this cheap.
+fn address_text(ip: Option<IpAddr>, buf: &mut [u8; MAX_ADDRESS_LEN]) -> &[u8] {
+    let mut len = 0;
+    match ip {
+        None => {}
+        Some(IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+        }
+        Some(ip @ IpAddr::V6(_)) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // 45 bytes hold any IPv6 address.
+            let _ = write!(cursor, "{ip}");
+            len = cursor.position() as usize;
+        }
+    }
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -154,7 +207,7 @@ mod tests {
             .expect("h");
         resp.append_header("content-security-policy", "frame-ancestors 'none'; img-src 'self'").expect("h");
         resp.append_header("x-frame-options", "DENY").expect("h");
-        apply_frame_policy(&mut resp, FA).expect("applies");
+        apply_frame_policy(&mut resp, &HeaderValue::from_static(FA)).expect("applies");
         let csp: Vec<_> = resp
             .headers
             .get_all("content-security-policy")
@@ -174,7 +227,7 @@ mod tests {
     #[test]
     fn response_without_csp_gets_ours() {
         let mut resp = ResponseHeader::build(200, None).expect("header");
-        apply_frame_policy(&mut resp, FA).expect("applies");
+        apply_frame_policy(&mut resp, &HeaderValue::from_static(FA)).expect("applies");
         assert_eq!(resp.headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some(FA));
     }
 
@@ -187,7 +240,7 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).expect("header");
         resp.append_header("content-security-policy", "frame-ancestors *, img-src *").expect("h");
         resp.append_header("content-security-policy", "script-src 'self'").expect("h");
-        apply_frame_policy(&mut resp, FA).expect("applies");
+        apply_frame_policy(&mut resp, &HeaderValue::from_static(FA)).expect("applies");
         let csp: Vec<_> = resp
             .headers
             .get_all("content-security-policy")
@@ -233,11 +286,26 @@ mod tests {
             req.append_header(n, v).expect("h");
         }
         req.append_header("x-forwarded-for", "6.6.6.6").expect("h");
-        add_forwarded(&mut req, "10.0.0.1", "https", "h.example").expect("adds");
+        let host = HeaderValue::from_static("h.example");
+        add_forwarded(&mut req, "10.0.0.1".parse().ok(), "https", host).expect("adds");
         for n in CLIENT_FORWARDING {
             assert!(req.headers.get(n).is_none(), "{n}");
         }
         assert_eq!(req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), Some("10.0.0.1"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut buf = [0u8; MAX_ADDRESS_LEN];
+        for ip in
+            ["0.0.0.0", "10.0.0.1", "9.99.100.255", "255.255.255.255", "::1", "2001:db8::7", "::ffff:1.2.3.4"]
+        {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(address_text(Some(ip), &mut buf), ip.to_string().as_bytes());
+        }
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().expect("ip");
+        assert_eq!(address_text(Some(longest), &mut buf), longest.to_string().as_bytes());
+        assert_eq!(address_text(None, &mut buf), b"");
     }
 
     #[test]

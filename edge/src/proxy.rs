@@ -23,7 +23,7 @@ use crate::lookup::LookupError;
 use crate::metrics;
 use crate::pages::{self, PageContext};
 use crate::ratelimit::Limiter;
-use crate::request_id;
+use crate::request_id::{self, RequestId};
 use crate::resolve::Resolver;
 use crate::route::{self, Route, Target};
 use crate::state::{EdgeState, Snapshot};
@@ -92,7 +92,7 @@ pub struct Ctx {
     /// Deployment instances this request tried.
     attempts: deploy::Attempts,
     /// `X-Request-Id`: in the access log, sent upstream, on every error the edge answers.
-    request_id: String,
+    request_id: RequestId,
 }
 
 impl Edge {
@@ -282,7 +282,7 @@ impl ProxyHttp for Edge {
             Ok(Admitted::Proxy) => {
                 // 5. A static release is answered here, by the edge itself.
                 let release =
-                    ctx.route.as_ref().and_then(|r| Some((r.release()?, &r.tenant.frame_ancestors)));
+                    ctx.route.as_ref().and_then(|r| Some((r.release()?, &r.tenant.frame_ancestors_header)));
                 if let Some((release, frame_ancestors)) = release {
                     if let Err(err) = self.releases.serve(session, release, frame_ancestors).await {
                         self.respond(session, ctx, err).await?;
@@ -351,9 +351,8 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
-        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let host = request_host(session.req_header()).unwrap_or_default();
-        headers::add_forwarded(req, &client_ip, self.scheme, host)?;
+        let host = request_host_value(session.req_header());
+        headers::add_forwarded(req, ctx.client_ip, self.scheme, host)?;
         req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
@@ -369,7 +368,7 @@ impl ProxyHttp for Edge {
             metrics::UPSTREAM_SECONDS.observe(started.elapsed().as_secs_f64());
         }
         if let Some(route) = &ctx.route {
-            headers::apply_frame_policy(resp, &route.tenant.frame_ancestors)?;
+            headers::apply_frame_policy(resp, &route.tenant.frame_ancestors_header)?;
             headers::sanitize_set_cookies(resp, auth::SESSION_COOKIE)?;
         }
         if let Some(cookie) = ctx.grant.as_ref().and_then(auth::session_cookie) {
@@ -476,6 +475,19 @@ impl ProxyHttp for Edge {
 /// The request's host: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri.host())
+}
+
+/// [`request_host`] as a header value: the client's own `Host` value when it is the one routed on (a
+/// shared slice of the request, no copy).
+fn request_host_value(req: &RequestHeader) -> http::HeaderValue {
+    match req.headers.get(http::header::HOST) {
+        Some(v) if v.to_str().is_ok() => v.clone(),
+        _ => req
+            .uri
+            .host()
+            .and_then(|h| http::HeaderValue::from_str(h).ok())
+            .unwrap_or(http::HeaderValue::from_static("")),
+    }
 }
 
 /// Origin-form (`/path?query`) or absolute-form (`http://host/path`): the targets a browser sends. Anything

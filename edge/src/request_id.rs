@@ -28,18 +28,42 @@ static PREFIX: LazyLock<u64> = LazyLock::new(|| {
 });
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh id: 32 lower-case hex digits (the process prefix, then the counter).
-pub fn generate() -> String {
+/// One request's id. A generated one is kept as its text inline: every request has one, and most never
+/// show it anywhere but in the header sent upstream, so it costs no allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestId {
+    /// 32 lower-case hex digits: the process prefix, then the counter.
+    Generated([u8; 32]),
+    /// A trusted proxy's, checked by [`is_sane`].
+    Given(Box<str>),
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Hex digits are ASCII; the fallback is never taken.
+            Self::Generated(text) => std::str::from_utf8(text).unwrap_or_default(),
+            Self::Given(id) => id,
+        }
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fresh id.
+pub fn generate() -> RequestId {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut raw = [0u8; 16];
     raw[..8].copy_from_slice(&PREFIX.to_be_bytes());
     raw[8..].copy_from_slice(&n.to_be_bytes());
-    // Into a buffer rather than `hex::encode`, which collects a `String` one `char` at a time.
     let mut text = [0u8; 32];
-    match hex::encode_to_slice(raw, &mut text) {
-        Ok(()) => String::from_utf8_lossy(&text).into_owned(),
-        Err(_) => hex::encode(raw),
-    }
+    // 16 bytes always fit 32 digits.
+    let _ = hex::encode_to_slice(raw, &mut text);
+    RequestId::Generated(text)
 }
 
 /// 1 to [`MAX_LEN`] visible ASCII characters: safe in a header, a log field and an HTML page.
@@ -49,14 +73,14 @@ pub fn is_sane(value: &[u8]) -> bool {
 
 /// The id of this request: the client's when it comes from a trusted proxy and is sane, else `None` (the
 /// caller keeps the one it generated).
-pub fn from_trusted(req: &RequestHeader, peer_trusted: bool) -> Option<String> {
+pub fn from_trusted(req: &RequestHeader, peer_trusted: bool) -> Option<RequestId> {
     if !peer_trusted {
         return None;
     }
     let mut values = req.headers.get_all(HEADER).iter();
     // Two ids for one request: neither can be believed.
     match (values.next(), values.next()) {
-        (Some(v), None) if is_sane(v.as_bytes()) => v.to_str().ok().map(str::to_string),
+        (Some(v), None) if is_sane(v.as_bytes()) => v.to_str().ok().map(|id| RequestId::Given(id.into())),
         _ => None,
     }
 }
@@ -78,6 +102,7 @@ mod tests {
     fn generated_ids_are_unique_hex_of_one_length() {
         let (a, b) = (generate(), generate());
         assert_ne!(a, b);
+        let (a, b) = (a.as_str(), b.as_str());
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
         assert_eq!(a[..16], b[..16], "one prefix per process");
@@ -86,7 +111,10 @@ mod tests {
 
     #[test]
     fn a_trusted_proxy_keeps_a_sane_id() {
-        assert_eq!(from_trusted(&req(&[b"lb-7f3a:42"]), true).as_deref(), Some("lb-7f3a:42"));
+        assert_eq!(
+            from_trusted(&req(&[b"lb-7f3a:42"]), true).as_ref().map(RequestId::as_str),
+            Some("lb-7f3a:42")
+        );
     }
 
     #[test]
@@ -99,7 +127,7 @@ mod tests {
     fn insane_or_repeated_ids_are_replaced() {
         let long = [b'a'; MAX_LEN + 1];
         let max = [b'a'; MAX_LEN];
-        assert_eq!(from_trusted(&req(&[&max]), true).map(|s| s.len()), Some(MAX_LEN));
+        assert_eq!(from_trusted(&req(&[&max]), true).map(|s| s.as_str().len()), Some(MAX_LEN));
         for bad in [&long[..], b"", b"has space", b"tab\there", "é".as_bytes()] {
             assert_eq!(from_trusted(&req(&[bad]), true), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use portico_wire::packed::PackedError;
 use portico_wire::{self as wire, tokens, HostTemplate, TemplateError};
 
-use crate::headers::frame_ancestors_directive;
+use crate::headers::{frame_ancestors_directive, frame_ancestors_header};
 
 /// A tenant as the edge uses it: the wire record plus its precomputed CSP directive.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct TenantEntry {
     pub tenant: wire::Tenant,
     /// `frame-ancestors …` for this tenant (its own sources or the platform default).
     pub frame_ancestors: String,
+    /// The same, as the header value every response of the tenant carries.
+    pub frame_ancestors_header: http::HeaderValue,
     /// The tenant's own limits or the platform default.
     pub rate_limits: wire::RateLimits,
     /// Its per-request metric series, found once.
@@ -366,10 +368,12 @@ impl Snapshot {
         }
         let sources = tenant.frame_ancestors.as_ref().unwrap_or(&self.settings.default_frame_ancestors);
         let frame_ancestors = frame_ancestors_directive(sources);
+        let frame_ancestors_header = frame_ancestors_header(&frame_ancestors);
         let rate_limits = tenant.rate_limits.unwrap_or(self.settings.default_rate_limits);
         self.tenants.insert(TenantEntry {
             tenant,
             frame_ancestors,
+            frame_ancestors_header,
             rate_limits,
             metrics: Default::default(),
         });

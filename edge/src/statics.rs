@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header;
+use http::{header, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::Session;
@@ -62,10 +62,18 @@ struct File {
     body: Option<Bytes>,
     path: PathBuf,
     len: u64,
-    /// `len` as a header value, formatted once.
-    content_length: http::HeaderValue,
-    etag: String,
+    /// `len` as a header value, formatted once; the same for the ETag: the values every answer carries are
+    /// shared, not copied and checked per request.
+    content_length: HeaderValue,
+    etag: HeaderValue,
     content_type: &'static str,
+}
+
+impl File {
+    fn etag(&self) -> &str {
+        // Made from hex digits and quotes below.
+        self.etag.to_str().unwrap_or_default()
+    }
 }
 
 /// `<sha256>/<path in the release>`: one key, so a look-up builds one string.
@@ -196,7 +204,7 @@ impl Releases {
         &self,
         session: &mut Session,
         sha256: &str,
-        frame_ancestors: &str,
+        frame_ancestors: &HeaderValue,
     ) -> Result<(), EdgeError> {
         self.ensure(sha256).await.map_err(|e| {
             tracing::warn!(release = %sha256, error = %e, "release unavailable");
@@ -217,27 +225,23 @@ impl Releases {
         };
         let req = session.req_header();
         let mut resp = ResponseHeader::build(status, Some(8)).map_err(|_| EdgeError::BadRequest)?;
-        let set = |resp: &mut ResponseHeader, name: http::HeaderName, value: &str| {
-            resp.insert_header(name, value).map_err(|_| EdgeError::BadRequest)
-        };
-        set(&mut resp, header::CONTENT_TYPE, file.content_type)?;
+        set(&mut resp, header::CONTENT_TYPE, HeaderValue::from_static(file.content_type))?;
         headers::apply_frame_policy(&mut resp, frame_ancestors).map_err(|_| EdgeError::BadRequest)?;
         if status == 404 {
-            set(&mut resp, header::CACHE_CONTROL, "no-store")?;
-            resp.insert_header(header::CONTENT_LENGTH, file.content_length.clone())
-                .map_err(|_| EdgeError::BadRequest)?;
+            set(&mut resp, header::CACHE_CONTROL, HeaderValue::from_static("no-store"))?;
+            set(&mut resp, header::CONTENT_LENGTH, file.content_length.clone())?;
             return write_file(session, resp, &file, 0, file.len, head).await;
         }
-        set(&mut resp, header::ETAG, &file.etag)?;
-        set(&mut resp, header::ACCEPT_RANGES, "bytes")?;
+        set(&mut resp, header::ETAG, file.etag.clone())?;
+        set(&mut resp, header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))?;
         // Revalidate each time: a promote changes what the same URL serves.
-        set(&mut resp, header::CACHE_CONTROL, "no-cache")?;
-        if none_match(req, &file.etag) {
+        set(&mut resp, header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))?;
+        if none_match(req, file.etag()) {
             resp.set_status(304).map_err(|_| EdgeError::BadRequest)?;
             resp.remove_header(&header::CONTENT_TYPE);
             return write(session, resp, None).await;
         }
-        let range = if if_range_ok(req, &file.etag) {
+        let range = if if_range_ok(req, file.etag()) {
             header_str(req, header::RANGE).map(|r| parse_range(r, file.len))
         } else {
             None
@@ -245,18 +249,17 @@ impl Releases {
         match range {
             Some(RangeSpec::Unsatisfiable) => {
                 let mut resp = simple(416, frame_ancestors, None)?;
-                set(&mut resp, header::CONTENT_RANGE, &format!("bytes */{}", file.len))?;
+                set(&mut resp, header::CONTENT_RANGE, format!("bytes */{}", file.len))?;
                 write(session, resp, None).await
             }
             Some(RangeSpec::Bytes(start, end)) => {
                 resp.set_status(206).map_err(|_| EdgeError::BadRequest)?;
-                set(&mut resp, header::CONTENT_RANGE, &format!("bytes {start}-{end}/{}", file.len))?;
-                set(&mut resp, header::CONTENT_LENGTH, &(end + 1 - start).to_string())?;
+                set(&mut resp, header::CONTENT_RANGE, format!("bytes {start}-{end}/{}", file.len))?;
+                set(&mut resp, header::CONTENT_LENGTH, end + 1 - start)?;
                 write_file(session, resp, &file, start, end + 1, head).await
             }
             Some(RangeSpec::Whole) | None => {
-                resp.insert_header(header::CONTENT_LENGTH, file.content_length.clone())
-                    .map_err(|_| EdgeError::BadRequest)?;
+                set(&mut resp, header::CONTENT_LENGTH, file.content_length.clone())?;
                 // Whole bodies only: a compressed 206 would not be the bytes the client asked for.
                 if !head {
                     enable_compression(session);
@@ -289,7 +292,7 @@ impl Releases {
         let file = if meta.len() <= CACHE_FILE_MAX {
             let body = Bytes::from(tokio::fs::read(&path).await.ok()?);
             let digest = ring::digest::digest(&ring::digest::SHA256, &body);
-            let etag = format!("\"{}\"", hex::encode(&digest.as_ref()[..16]));
+            let etag = strong_etag(&digest);
             File {
                 len: body.len() as u64,
                 content_length: body.len().into(),
@@ -301,7 +304,7 @@ impl Releases {
         } else {
             // Same release and path: same bytes, so this is a strong validator without hashing the file.
             let id = ring::digest::digest(&ring::digest::SHA256, format!("{release}/{rel}").as_bytes());
-            let etag = format!("\"{}\"", hex::encode(&id.as_ref()[..16]));
+            let etag = strong_etag(&id);
             File { len: meta.len(), content_length: meta.len().into(), body: None, path, etag, content_type }
         };
         let file = Arc::new(file);
@@ -447,10 +450,26 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
+/// A strong validator: the first 16 bytes of a digest, quoted hex.
+fn strong_etag(digest: &ring::digest::Digest) -> HeaderValue {
+    let mut text = [b'"'; 34];
+    // 16 bytes always fit 32 digits.
+    let _ = hex::encode_to_slice(&digest.as_ref()[..16], &mut text[1..33]);
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+fn set(
+    resp: &mut ResponseHeader,
+    name: http::HeaderName,
+    value: impl TryInto<HeaderValue>,
+) -> Result<(), EdgeError> {
+    resp.insert_header(name, value).map_err(|_| EdgeError::BadRequest)
+}
+
 /// A bodiless answer (405, 416) carrying the tenant's CSP.
 fn simple(
     status: u16,
-    frame_ancestors: &str,
+    frame_ancestors: &HeaderValue,
     extra: Option<(&'static str, &str)>,
 ) -> Result<ResponseHeader, EdgeError> {
     let mut resp = ResponseHeader::build(status, Some(4)).map_err(|_| EdgeError::BadRequest)?;
