@@ -47,7 +47,8 @@ fn every_transport_is_read_in_the_specs_order() {
             (Transport::QueryToken, "q1".into()),
         ]
     );
-    for h in HEADERS {
+    for h in &HEADERS {
+        let h = h.as_str();
         assert_eq!(transports(&request("/", &[(h, TOKEN)])), vec![(Transport::Header, TOKEN.into())], "{h}");
     }
 }
@@ -241,4 +242,13 @@ fn only_a_cookie_named_exactly_preview_session_is_ours() {
     assert!(transports(&app_only).is_empty());
     strip(&mut app_only, None).expect("strips");
     assert_eq!(app_only.headers.get("cookie").map(|v| v.as_bytes()), Some("xpreview_session=1".as_bytes()));
+}
+
+#[test]
+fn cookie_values_split_at_semicolons_as_slice_split_does() {
+    for value in [&b""[..], b";", b"a=1", b"a=1;", b";a=1", b"a=1; b=2;; c", b"\xff=1;a=2"] {
+        let ours: Vec<&[u8]> = split_at_semicolons(value).collect();
+        let std: Vec<&[u8]> = value.split(|b| *b == b';').collect();
+        assert_eq!(ours, std, "{:?}", String::from_utf8_lossy(value));
+    }
 }
