@@ -309,6 +309,15 @@ mod tests {
     }
 
     #[test]
+    fn a_directive_unfit_for_a_header_forbids_embedding_rather_than_dropping_the_policy() {
+        assert_eq!(frame_ancestors_header(FA), FA);
+        assert_eq!(
+            frame_ancestors_header("frame-ancestors https://a.example\r\nx-evil: 1"),
+            "frame-ancestors 'none'"
+        );
+    }
+
+    #[test]
     fn empty_sources_mean_self() {
         assert_eq!(frame_ancestors_directive(&[]), "frame-ancestors 'self'");
     }

@@ -482,10 +482,7 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
 fn request_host_value(req: &RequestHeader) -> http::HeaderValue {
     match req.headers.get(http::header::HOST) {
         Some(v) if v.to_str().is_ok() => v.clone(),
-        _ => req
-            .uri
-            .host()
-            .and_then(|h| http::HeaderValue::from_str(h).ok())
+        _ => http::HeaderValue::from_str(request_host(req).unwrap_or_default())
             .unwrap_or(http::HeaderValue::from_static("")),
     }
 }
