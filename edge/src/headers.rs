@@ -43,6 +43,10 @@ pub fn frame_ancestors_header(directive: &str) -> HeaderValue {
     HeaderValue::try_from(directive.to_string()).unwrap_or(HeaderValue::from_static("frame-ancestors 'none'"))
 }
 
+/// The CSP header's name as text: Pingora copies a `HeaderName` it does not capitalise out to text, then
+/// parses it back; from static text it only parses.
+const CSP: &str = "content-security-policy";
+
 /// Sets the tenant's `frame-ancestors` on a proxied response and drops `X-Frame-Options`, which would
 /// otherwise block the embedding the tenant allowed.
 pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &HeaderValue) -> pingora::Result<()> {
@@ -50,7 +54,7 @@ pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &HeaderVal
     if !resp.headers.contains_key(http::header::CONTENT_SECURITY_POLICY)
         && !resp.headers.contains_key(http::header::X_FRAME_OPTIONS)
     {
-        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors.clone());
+        return resp.insert_header(CSP, frame_ancestors.clone());
     }
     let existing: Vec<String> = resp
         .headers
@@ -61,11 +65,11 @@ pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &HeaderVal
     resp.remove_header(&http::header::CONTENT_SECURITY_POLICY);
     resp.remove_header(&http::header::X_FRAME_OPTIONS);
     if existing.is_empty() {
-        return resp.insert_header(http::header::CONTENT_SECURITY_POLICY, frame_ancestors.clone());
+        return resp.insert_header(CSP, frame_ancestors.clone());
     }
     let directive = frame_ancestors.to_str().unwrap_or("frame-ancestors 'none'");
     for value in &existing {
-        resp.append_header(http::header::CONTENT_SECURITY_POLICY, merge_csp_list(value, directive))?;
+        resp.append_header(CSP, merge_csp_list(value, directive))?;
     }
     Ok(())
 }
@@ -111,6 +115,32 @@ pub fn host_only_cookie(value: &str, session_cookie: &str) -> Option<String> {
         !a.is_empty() && !attr.eq_ignore_ascii_case("domain")
     }));
     Some(out.join("; "))
+}
+
+/// The headers the edge adds to every proxied request: `X-Forwarded-For/Proto/Host` and `X-Request-Id`.
+pub const ADDED_UPSTREAM: usize = 4;
+
+/// Makes Pingora's copy of the request ready for the edge's edits: without the record of each name's
+/// original case, and with room for `room` more headers. Kept, that record doubles every header the edge
+/// adds or removes (two maps, each name parsed twice), and both maps, copied at the client's exact size,
+/// would grow on the edge's first insert. HTTP field names are case-insensitive (RFC 9110 §5.1) and a
+/// request that came over HTTP/2 reaches the sandbox in lower case already (Envoy lowers them too):
+/// names now leave in lower case, those Pingora knows (`Host`, `Content-Type`, …) capitalised.
+pub fn without_name_case(req: &mut RequestHeader, room: usize) -> pingora::Result<()> {
+    if !req.has_case() {
+        return Ok(());
+    }
+    let mut parts = req.as_owned_parts();
+    parts.headers.try_reserve(room).map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "too many request headers", e)
+    })?;
+    let mut rebuilt = RequestHeader::from(parts);
+    // An absolute-form or non-UTF-8 target is kept as the client sent it, as Pingora's own copy keeps it.
+    if !req.raw_path_is_utf8() || rebuilt.raw_path() != req.raw_path() {
+        rebuilt.set_raw_path(req.raw_path())?;
+    }
+    *req = rebuilt;
+    Ok(())
 }
 
 /// Client headers that claim to say who the client is: only the edge's own `X-Forwarded-*` may.
@@ -315,6 +345,38 @@ mod tests {
             frame_ancestors_header("frame-ancestors https://a.example\r\nx-evil: 1"),
             "frame-ancestors 'none'"
         );
+    }
+
+    fn wire(req: &RequestHeader) -> String {
+        let mut buf = Vec::new();
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[test]
+    fn the_upstream_copy_loses_only_the_case_of_names() {
+        let mut req = RequestHeader::build("GET", b"/a?b=c", None).expect("request");
+        req.append_header("Host", "x.example").expect("h");
+        req.append_header("X-Custom", "One").expect("h");
+        req.append_header("x-custom", "Two").expect("h");
+        without_name_case(&mut req, ADDED_UPSTREAM).expect("rebuilt");
+        assert!(!req.has_case());
+        add_forwarded(&mut req, None, "https", HeaderValue::from_static("x.example")).expect("added");
+        assert_eq!(req.raw_path(), b"/a?b=c");
+        assert_eq!(
+            wire(&req),
+            "Host: x.example\r\nx-custom: One\r\nx-custom: Two\r\nx-forwarded-for: \r\n\
+             x-forwarded-proto: https\r\nx-forwarded-host: x.example\r\n"
+        );
+    }
+
+    #[test]
+    fn the_upstream_copy_keeps_an_absolute_or_non_utf8_target_as_sent() {
+        for target in [&b"http://x.example/a?b"[..], b"/caf\xe9?q=\xff"] {
+            let mut req = RequestHeader::build("GET", target, None).expect("request");
+            without_name_case(&mut req, 0).expect("rebuilt");
+            assert_eq!(req.raw_path(), target);
+        }
     }
 
     #[test]

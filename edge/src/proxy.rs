@@ -350,6 +350,7 @@ impl ProxyHttp for Edge {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        headers::without_name_case(req, headers::ADDED_UPSTREAM)?;
         auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
         let host = request_host_value(session.req_header());
         headers::add_forwarded(req, ctx.client_ip, self.scheme, host)?;
