@@ -44,7 +44,7 @@ pub enum StateError {
     Packed(#[from] PackedError),
 }
 
-pub use cowmap::{CowIndex, CowMap, KeyOf};
+pub use cowmap::{CowIndex, CowMap, KeyOf, Seeded};
 pub use previews::{PreviewEntry, Previews};
 pub use tenants::{Slot, Tenants};
 

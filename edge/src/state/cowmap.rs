@@ -52,12 +52,12 @@ const PER_GROUP: usize = 64;
 /// The most entries a map holds in one table (see the module's summary).
 const SMALL: usize = 1024;
 
-/// A hasher with a seed no client can know (see the module's summary for why).
+/// A hasher with a seed no client can know (see the module's summary for why); the rate limiter's too.
 #[derive(Clone)]
-struct Seeded(SeedableRandomState);
+pub struct Seeded(SeedableRandomState);
 
 impl Seeded {
-    fn new() -> Self {
+    pub fn new() -> Self {
         static SHARED: OnceLock<SharedSeed> = OnceLock::new();
         // std's `RandomState` keys come from the OS's random source; what they hash to is as random.
         let random = || std::collections::hash_map::RandomState::new().hash_one(0u64);
@@ -68,6 +68,21 @@ impl Seeded {
     #[inline]
     fn hash_one<K: Hash + ?Sized>(&self, key: &K) -> u64 {
         self.0.hash_one(key)
+    }
+}
+
+impl Default for Seeded {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BuildHasher for Seeded {
+    type Hasher = <SeedableRandomState as BuildHasher>::Hasher;
+
+    #[inline]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
     }
 }
 
