@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue};
-use pingora::http::ResponseHeader;
+use pingora::http::{IntoCaseHeaderName, ResponseHeader};
 use pingora::modules::http::compression::ResponseCompression;
 use pingora::proxy::Session;
 use portico_wire::VersionTarget;
@@ -224,7 +224,7 @@ impl Releases {
             },
         };
         let req = session.req_header();
-        let mut resp = ResponseHeader::build(status, Some(8)).map_err(|_| EdgeError::BadRequest)?;
+        let mut resp = response(status, 8)?;
         set(&mut resp, header::CONTENT_TYPE, HeaderValue::from_static(file.content_type))?;
         headers::apply_frame_policy(&mut resp, frame_ancestors).map_err(|_| EdgeError::BadRequest)?;
         if status == 404 {
@@ -232,7 +232,7 @@ impl Releases {
             set(&mut resp, header::CONTENT_LENGTH, file.content_length.clone())?;
             return write_file(session, resp, &file, 0, file.len, head).await;
         }
-        set(&mut resp, header::ETAG, file.etag.clone())?;
+        set(&mut resp, "etag", file.etag.clone())?;
         set(&mut resp, header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))?;
         // Revalidate each time: a promote changes what the same URL serves.
         set(&mut resp, header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))?;
@@ -249,12 +249,12 @@ impl Releases {
         match range {
             Some(RangeSpec::Unsatisfiable) => {
                 let mut resp = simple(416, frame_ancestors, None)?;
-                set(&mut resp, header::CONTENT_RANGE, format!("bytes */{}", file.len))?;
+                set(&mut resp, "content-range", format!("bytes */{}", file.len))?;
                 write(session, resp, None).await
             }
             Some(RangeSpec::Bytes(start, end)) => {
                 resp.set_status(206).map_err(|_| EdgeError::BadRequest)?;
-                set(&mut resp, header::CONTENT_RANGE, format!("bytes {start}-{end}/{}", file.len))?;
+                set(&mut resp, "content-range", format!("bytes {start}-{end}/{}", file.len))?;
                 set(&mut resp, header::CONTENT_LENGTH, end + 1 - start)?;
                 write_file(session, resp, &file, start, end + 1, head).await
             }
@@ -458,12 +458,20 @@ fn strong_etag(digest: &ring::digest::Digest) -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
+/// `name` as a `HeaderName` when Pingora capitalises it (`Content-Type`, …), else as lower-case text: a
+/// `HeaderName` outside Pingora's short list is copied out to text and parsed back.
 fn set(
     resp: &mut ResponseHeader,
-    name: http::HeaderName,
+    name: impl IntoCaseHeaderName,
     value: impl TryInto<HeaderValue>,
 ) -> Result<(), EdgeError> {
     resp.insert_header(name, value).map_err(|_| EdgeError::BadRequest)
+}
+
+/// A response head without Pingora's record of each name's case, which would double every header set:
+/// names leave in lower case but for those Pingora capitalises, as they would over HTTP/2 anyway.
+fn response(status: u16, headers: usize) -> Result<ResponseHeader, EdgeError> {
+    ResponseHeader::build_no_case(status, Some(headers)).map_err(|_| EdgeError::BadRequest)
 }
 
 /// A bodiless answer (405, 416) carrying the tenant's CSP.
@@ -472,7 +480,7 @@ fn simple(
     frame_ancestors: &HeaderValue,
     extra: Option<(&'static str, &str)>,
 ) -> Result<ResponseHeader, EdgeError> {
-    let mut resp = ResponseHeader::build(status, Some(4)).map_err(|_| EdgeError::BadRequest)?;
+    let mut resp = response(status, 4)?;
     resp.insert_header(header::CONTENT_LENGTH, "0").map_err(|_| EdgeError::BadRequest)?;
     headers::apply_frame_policy(&mut resp, frame_ancestors).map_err(|_| EdgeError::BadRequest)?;
     if let Some((name, value)) = extra {
