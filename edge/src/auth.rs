@@ -258,9 +258,20 @@ impl<'a> Ours<'a> {
         if ours || self.grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
             req.remove_header(&http::header::AUTHORIZATION);
         }
-        if cookies(req).any(|(n, _)| n == SESSION_COOKIE) {
+        // Most requests' cookies do not even mention the session's name: those are not split at all.
+        let mentioned = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .any(|v| memchr::memmem::find(v.as_bytes(), SESSION_COOKIE.as_bytes()).is_some());
+        if mentioned {
             let mut kept = String::new();
-            for (n, v) in cookies(req).filter(|(n, _)| *n != SESSION_COOKIE) {
+            let mut session = false;
+            for (n, v) in cookies(req) {
+                if n == SESSION_COOKIE {
+                    session = true;
+                    continue;
+                }
                 if !kept.is_empty() {
                     kept.push_str("; ");
                 }
@@ -268,9 +279,11 @@ impl<'a> Ours<'a> {
                 kept.push('=');
                 kept.push_str(v);
             }
-            req.remove_header(&http::header::COOKIE);
-            if !kept.is_empty() {
-                req.insert_header(http::header::COOKIE, kept)?;
+            if session {
+                req.remove_header(&http::header::COOKIE);
+                if !kept.is_empty() {
+                    req.insert_header(http::header::COOKIE, kept)?;
+                }
             }
         }
         Ok(())

@@ -77,8 +77,8 @@ enum Admitted {
 /// What one request carries from filter to filter.
 pub struct Ctx {
     snap: Arc<Snapshot>,
-    /// When the request's header had arrived: the access log's duration.
-    started: Instant,
+    /// When the request's header had arrived: the access log's duration (no clock read without one).
+    started: Option<Instant>,
     route: Option<Route>,
     client_ip: Option<IpAddr>,
     grant: Option<Grant>,
@@ -106,8 +106,7 @@ impl Edge {
             session.write_response_body(Some(body), true).await?;
             return Ok(true);
         }
-        let redirect =
-            self.https_redirect.as_ref().zip(request_host(req)).and_then(|(r, h)| r.redirect(h, req));
+        let redirect = self.https_redirect.as_ref().and_then(|r| r.redirect(request_host(req)?, req));
         if let Some(header) = redirect {
             session.write_response_header(Box::new(header?), true).await?;
             return Ok(true);
@@ -247,7 +246,7 @@ impl ProxyHttp for Edge {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snap: self.state.load(),
-            started: Instant::now(),
+            started: self.access_log.enabled().then(Instant::now),
             route: None,
             client_ip: None,
             grant: None,
@@ -462,7 +461,7 @@ impl ProxyHttp for Edge {
                 path: req.uri.path().to_string(),
                 status,
                 bytes: session.body_bytes_sent() as u64,
-                duration: ctx.started.elapsed(),
+                duration: ctx.started.map_or(Duration::ZERO, |s| s.elapsed()),
                 upstream: ctx.upstream_started.map(|s| s.elapsed()),
                 tenant: ctx.route.as_ref().map(|r| r.tenant.tenant.id.clone()),
                 route: kind,
