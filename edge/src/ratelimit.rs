@@ -144,7 +144,8 @@ pub struct Decision {
 pub struct Limiter {
     buckets: Box<[Bucket]>,
     /// Keyed randomly per process, so nobody can choose keys that collide with a victim's. foldhash like
-    /// the snapshot's tables, not SipHash: SipHash over a 300-byte session token is ~0.1 µs a request.
+    /// the snapshot's tables, not SipHash: with a 300-byte session token, SipHash was 0.07 µs of a private
+    /// request (perf), foldhash 0.04.
     hasher: Seeded,
     epoch: Instant,
 }
