@@ -122,8 +122,8 @@ pub const ADDED_UPSTREAM: usize = 4;
 
 /// Makes Pingora's copy of the request ready for the edge's edits: without the record of each name's
 /// original case, and with room for `room` more headers. Kept, that record doubles every header the edge
-/// adds or removes (two maps to update, the name cloned for the second), and both maps, copied at the client's exact size,
-/// would grow on the edge's first insert. HTTP field names are case-insensitive (RFC 9110 §5.1) and a
+/// adds or removes (two maps to update, the name cloned for the second), and both maps, copied at the
+/// client's exact size, would grow on the edge's first insert. HTTP field names are case-insensitive (RFC 9110 §5.1) and a
 /// request that came over HTTP/2 reaches the sandbox in lower case already (Envoy lowers them too):
 /// names now leave in lower case, those Pingora knows (`Host`, `Content-Type`, …) capitalised.
 pub fn without_name_case(req: &mut RequestHeader, room: usize) -> pingora::Result<()> {

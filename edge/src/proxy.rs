@@ -199,8 +199,7 @@ impl Edge {
             .min(now + 24 * 3600);
         let cookie = auth::cookie_for(&self.auth.sessions.issue(share_id, exp), exp - now);
         let location = auth::Ours::new(None, ctx.route.as_ref()).clean_location(session.req_header());
-        let frame_ancestors =
-            ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str()).to_string();
+        let frame_ancestors = ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors()).to_string();
         let write = async {
             let header = pages::redirect(&location, &cookie, &frame_ancestors)?;
             session.write_response_header(Box::new(header), true).await
@@ -228,7 +227,7 @@ impl Edge {
             request_id: Some(ctx.request_id.as_str()),
         };
         let frame_ancestors =
-            tenant.as_ref().map_or(ctx.snap.default_frame_ancestors.as_str(), |t| t.frame_ancestors.as_str());
+            tenant.as_ref().map_or(ctx.snap.default_frame_ancestors.as_str(), |t| t.frame_ancestors());
         let html = pages::wants_html(session.req_header());
         let (header, body) = pages::render(&err, page, frame_ancestors, html)?;
         ctx.failure = Some(err);
@@ -273,7 +272,7 @@ impl ProxyHttp for Edge {
         }
         match self.admit(session, ctx).await {
             Ok(Admitted::Redirect { location, cookie }) => {
-                let frame_ancestors = ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors.as_str());
+                let frame_ancestors = ctx.route.as_ref().map_or("", |r| r.tenant.frame_ancestors());
                 let header = pages::redirect(&location, &cookie, frame_ancestors)?;
                 session.write_response_header(Box::new(header), true).await?;
                 Ok(true)

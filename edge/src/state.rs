@@ -20,14 +20,21 @@ use crate::headers::{frame_ancestors_directive, frame_ancestors_header};
 #[derive(Debug)]
 pub struct TenantEntry {
     pub tenant: wire::Tenant,
-    /// `frame-ancestors …` for this tenant (its own sources or the platform default).
-    pub frame_ancestors: String,
-    /// The same, as the header value every response of the tenant carries.
+    /// `frame-ancestors …` for this tenant (its own sources or the platform default), as the header value
+    /// every response of the tenant carries; [`Self::frame_ancestors`] is its text.
     pub frame_ancestors_header: http::HeaderValue,
     /// The tenant's own limits or the platform default.
     pub rate_limits: wire::RateLimits,
     /// Its per-request metric series, found once.
     pub metrics: crate::metrics::TenantMetrics,
+}
+
+impl TenantEntry {
+    /// The tenant's `frame-ancestors` directive as text, for the edge's own pages.
+    pub fn frame_ancestors(&self) -> &str {
+        // Made from a `&str`, so always text; the fallback is the header's own.
+        self.frame_ancestors_header.to_str().unwrap_or("frame-ancestors 'none'")
+    }
 }
 
 /// The first bytes of a zstd frame.
@@ -367,12 +374,10 @@ impl Snapshot {
             self.preview_domains.insert(d.as_str().into(), tenant.id.as_str().into());
         }
         let sources = tenant.frame_ancestors.as_ref().unwrap_or(&self.settings.default_frame_ancestors);
-        let frame_ancestors = frame_ancestors_directive(sources);
-        let frame_ancestors_header = frame_ancestors_header(&frame_ancestors);
+        let frame_ancestors_header = frame_ancestors_header(&frame_ancestors_directive(sources));
         let rate_limits = tenant.rate_limits.unwrap_or(self.settings.default_rate_limits);
         self.tenants.insert(TenantEntry {
             tenant,
-            frame_ancestors,
             frame_ancestors_header,
             rate_limits,
             metrics: Default::default(),

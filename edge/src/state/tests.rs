@@ -49,7 +49,7 @@ fn wire_snapshot() -> wire::Snapshot {
 #[test]
 fn compiles_tenant_csp_from_own_sources_or_default() {
     let s = Snapshot::from_wire(wire_snapshot()).expect("compiles");
-    assert_eq!(s.tenants["tn_a"].frame_ancestors, "frame-ancestors https://app.example.com");
+    assert_eq!(s.tenants["tn_a"].frame_ancestors(), "frame-ancestors https://app.example.com");
     assert_eq!(s.default_frame_ancestors, "frame-ancestors 'self'");
 }
 
@@ -234,7 +234,7 @@ fn a_preview_named_before_its_sandbox_or_moved_opens_the_right_one() {
 
 fn tenant_of<'a>(s: &'a Snapshot, sandbox: &str) -> Option<&'a str> {
     let (_, slot) = s.sandboxes.get_with(sandbox)?;
-    s.tenants.at(slot).map(|t| t.frame_ancestors.as_str())
+    s.tenants.at(slot).map(|t| t.frame_ancestors())
 }
 
 /// Sandboxes and previews hold their tenant's slot, not the tenant: a tenant's change, removal and return
