@@ -25,7 +25,8 @@
 # origin and control share another (LOAD_CPU, default 0): without that the scheduler moves the three
 # around and a proxy's CPU per request swings by a third from round to round. PIN=0 turns it off.
 #
-# Each round runs every path through every proxy, the proxy order rotating from round to round, with
+# Each round starts every proxy afresh (RESTART=0: one set of processes for the whole run) and runs every
+# path through every proxy, the proxy order rotating from round to round, with
 # `wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency`. Per proxy and path: the median over rounds of
 # req/s, p50 and p99 latency, and CPU per request: utime+stime of the proxy's processes (all threads;
 # nginx's master and worker) over the run, divided by the requests wrk counted. wrk, the origin and the
@@ -66,14 +67,16 @@ PORTICOS=${PORTICOS:-"portico=target/release/portico,--access-log,off portico+lo
 PROXIES=${PROXIES:-nginx haproxy minimal-pingora $(for v in $PORTICOS; do printf '%s ' "${v%%=*}"; done)}
 
 declare -A PID PORT
-STOPPED=()
 stop() { # SIGINT: Pingora and nginx stop at once (SIGTERM would make Pingora wait out its grace period).
   local p
-  for p in "$@"; do kill -INT "$p" 2>/dev/null || true; done
-  # HAProxy and the echo server, started in the background of a script, inherit an ignored SIGINT:
-  # SIGTERM stops them at once.
-  local p2
-  for p2 in haproxy ws-echo; do [ -z "${PID[$p2]:-}" ] || kill -TERM "${PID[$p2]}" 2>/dev/null || true; done
+  for p in "$@"; do
+    # HAProxy and the echo server, started in the background of a script, inherit an ignored SIGINT.
+    if [ "$p" = "${PID[haproxy]:-}" ] || [ "$p" = "${PID[ws-echo]:-}" ]; then
+      kill -TERM "$p" 2>/dev/null || true
+    else
+      kill -INT "$p" 2>/dev/null || true
+    fi
+  done
   for p in "$@"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
@@ -239,15 +242,26 @@ MP_TOKEN=$(api "$TENANT" -X POST "$C/v1/preview-tokens" \
 PUBLIC_HOST="$ORIGIN_PORT-benchpub.sandbox.localhost"
 PRIVATE_HOST="$ORIGIN_PORT-benchpriv.sandbox.localhost"
 
-for proxy in $PROXIES; do
-  case $proxy in
-    nginx) start_nginx ;;
-    haproxy) start_haproxy ;;
-    minimal-pingora) start_minimal ;;
-    *) for v in $PORTICOS; do [ "${v%%=*}" = "$proxy" ] && start_portico "$v"; done ;;
-  esac
-  [ -n "${PORT[$proxy]:-}" ] || { echo "unknown proxy $proxy" >&2; exit 1; }
-done
+start_proxies() {
+  local proxy v
+  for proxy in $PROXIES; do
+    unset "PORT[$proxy]"
+    case $proxy in
+      nginx) rm -f "$WORK/nginx.pid"; start_nginx ;;
+      haproxy) start_haproxy ;;
+      minimal-pingora) start_minimal ;;
+      *) for v in $PORTICOS; do [ "${v%%=*}" = "$proxy" ] && start_portico "$v"; done ;;
+    esac
+    [ -n "${PORT[$proxy]:-}" ] || { echo "unknown proxy $proxy" >&2; exit 1; }
+  done
+}
+stop_proxies() {
+  local proxy pids=()
+  for proxy in $PROXIES; do pids+=("${PID[$proxy]}"); done
+  stop "${pids[@]}"
+  for proxy in $PROXIES; do unset "PID[$proxy]"; done
+}
+start_proxies
 
 # path → URL path, expected size, and the request's headers.
 declare -A URLPATH SIZE HDRS
@@ -263,27 +277,30 @@ headers() { # $1 path, $2 the option (-H): one per header
 }
 
 # Every proxy answers every path with the origin's bytes before anything is measured.
-for proxy in $PROXIES; do
-  for path in $PATHS; do
-    if [ "$path" = ws ]; then
-      out=$("$WS_ECHO" load "127.0.0.1:${PORT[$proxy]}" "$PUBLIC_HOST" /ws 4 1 32) ||
-        { echo "$proxy ws: $out" >&2; tail -20 "$WORK"/*"$proxy"*.log >&2 || true; exit 1; }
-      [ "$(awk '/^errors/ {print $2}' <<<"$out")" = 0 ] && [ "$(awk '/^messages/ {print $2}' <<<"$out")" -gt 0 ] ||
-        { echo "$proxy ws: no echo: $out" >&2; tail -20 "$WORK"/*"$proxy"*.log >&2 || true; exit 1; }
-      continue
-    fi
-    mapfile -d '' hs < <(headers "$path" -H)
-    url="http://127.0.0.1:${PORT[$proxy]}${URLPATH[$path]}"
-    for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "${hs[@]}" "$url")" = 200 ] && break; sleep 0.1; done
-    got=$(curl -s "${hs[@]}" "$url" | wc -c) || true
-    if [ "$got" != "${SIZE[$path]}" ]; then
-      echo "$proxy $path: got $got bytes, want ${SIZE[$path]}; its log:" >&2
-      tail -20 "$WORK"/*"$proxy"*.log >&2 || true
-      exit 1
-    fi
-    wrk -t1 -c4 -d1s "${hs[@]}" "$url" >/dev/null
+check_proxies() {
+  for proxy in $PROXIES; do
+    for path in $PATHS; do
+      if [ "$path" = ws ]; then
+        out=$("$WS_ECHO" load "127.0.0.1:${PORT[$proxy]}" "$PUBLIC_HOST" /ws 4 1 32) ||
+          { echo "$proxy ws: $out" >&2; tail -20 "$WORK"/*"$proxy"*.log >&2 || true; exit 1; }
+        [ "$(awk '/^errors/ {print $2}' <<<"$out")" = 0 ] && [ "$(awk '/^messages/ {print $2}' <<<"$out")" -gt 0 ] ||
+          { echo "$proxy ws: no echo: $out" >&2; tail -20 "$WORK"/*"$proxy"*.log >&2 || true; exit 1; }
+        continue
+      fi
+      mapfile -d '' hs < <(headers "$path" -H)
+      url="http://127.0.0.1:${PORT[$proxy]}${URLPATH[$path]}"
+      for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "${hs[@]}" "$url")" = 200 ] && break; sleep 0.1; done
+      got=$(curl -s "${hs[@]}" "$url" | wc -c) || true
+      if [ "$got" != "${SIZE[$path]}" ]; then
+        echo "$proxy $path: got $got bytes, want ${SIZE[$path]}; its log:" >&2
+        tail -20 "$WORK"/*"$proxy"*.log >&2 || true
+        exit 1
+      fi
+      wrk -t1 -c4 -d1s "${hs[@]}" "$url" >/dev/null
+    done
   done
-done
+}
+check_proxies
 
 pids_of() { # the proxy's processes: nginx's master and its workers, else the one process
   if [ "$1" = nginx ]; then echo "${PID[nginx]}" $(pgrep -P "${PID[nginx]}"); else echo "${PID[$1]}"; fi
@@ -306,6 +323,14 @@ RESULTS=$WORK/results.tsv
 read -r -a order <<<"$PROXIES"
 echo "$ROUNDS rounds × paths ($PATHS) × proxies (${order[*]}), wrk -t$THREADS -c$CONNECTIONS -d$DURATION" >&2
 for round in $(seq "$ROUNDS"); do
+  # Fresh processes every round: where ASLR puts a process's stack and heap moves its CPU per request by
+  # up to 5 % for its whole life (same binary, one process against another), so one set of processes would
+  # compare layouts as much as proxies. Medians over rounds are over layouts too.
+  if [ "$round" -gt 1 ] && [ "${RESTART:-1}" = 1 ]; then
+    stop_proxies
+    start_proxies
+    check_proxies
+  fi
   for path in $PATHS; do
     mapfile -d '' hs < <(headers "$path" -H)
     for proxy in "${order[@]}"; do
