@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// `frame-ancestors <sources>`; no sources means only the page's own origin.
@@ -117,55 +117,82 @@ pub fn host_only_cookie(value: &str, session_cookie: &str) -> Option<String> {
     Some(out.join("; "))
 }
 
-/// The headers the edge adds to every proxied request: `X-Forwarded-For/Proto/Host` and `X-Request-Id`.
-pub const ADDED_UPSTREAM: usize = 4;
-
-/// Makes Pingora's copy of the request ready for the edge's edits: without the record of each name's
-/// original case, and with room for `room` more headers. Kept, that record doubles every header the edge
-/// adds or removes (two maps to update, the name cloned for the second), and both maps, copied at the
-/// client's exact size, would grow on the edge's first insert. HTTP field names are case-insensitive (RFC 9110 §5.1) and a
-/// request that came over HTTP/2 reaches the sandbox in lower case already (Envoy lowers them too):
-/// names now leave in lower case, those Pingora knows (`Host`, `Content-Type`, …) capitalised.
-pub fn without_name_case(req: &mut RequestHeader, room: usize) -> pingora::Result<()> {
-    if !req.has_case() {
-        return Ok(());
-    }
-    let mut parts = req.as_owned_parts();
-    parts.headers.try_reserve(room).map_err(|e| {
-        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "too many request headers", e)
-    })?;
-    let mut rebuilt = RequestHeader::from(parts);
-    // An absolute-form or non-UTF-8 target is kept as the client sent it, as Pingora's own copy keeps it.
-    if !req.raw_path_is_utf8() || rebuilt.raw_path() != req.raw_path() {
-        rebuilt.set_raw_path(req.raw_path())?;
-    }
-    *req = rebuilt;
-    Ok(())
+/// What the edge tells a sandbox about each request it forwards.
+pub struct Forwarded<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub proto: &'static str,
+    /// The request's own `Host` value (a shared slice of what the client sent, not a copy).
+    pub host: HeaderValue,
+    pub request_id: &'a str,
 }
 
 /// Client headers that claim to say who the client is: only the edge's own `X-Forwarded-*` may.
-const CLIENT_FORWARDING: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-port"];
+const CLIENT_FORWARDING: [HeaderName; 3] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
 
-/// Adds `X-Forwarded-For/Proto/Host`. The client's own `X-Forwarded-For` is replaced, not extended: the
-/// edge is the first hop a sandbox can trust. `host` is the request's own value (a shared slice of what
-/// the client sent, not a copy); no address leaves it `X-Forwarded-For` empty.
-pub fn add_forwarded(
-    req: &mut RequestHeader,
-    client_ip: Option<IpAddr>,
-    proto: &'static str,
-    host: HeaderValue,
-) -> pingora::Result<()> {
-    // One pass over the names present: looking up each of these would parse and hash it every time.
-    if req.headers.keys().any(|k| CLIENT_FORWARDING.contains(&k.as_str())) {
-        for name in CLIENT_FORWARDING {
-            req.remove_header(name);
+/// Makes Pingora's copy of the request the one the sandbox gets: the client's claims about who it is
+/// give way to the edge's `X-Forwarded-For/Proto/Host` (its `X-Forwarded-For` is replaced, not extended:
+/// the edge is the first hop a sandbox can trust; no address leaves it empty), and `X-Request-Id` is set.
+///
+/// The copy is edited as plain `http` parts, moved out and back in: Pingora's own insert parses each name
+/// again and, for an HTTP/1 request, records its original case in a second map under a cloned name, and
+/// both maps, copied at the client's exact size, grow on the first insert. Without that record, names
+/// leave in lower case (those Pingora knows, `Host`, `Content-Type`, …, capitalised): HTTP field names are
+/// case-insensitive (RFC 9110 §5.1), a request that came over HTTP/2 reaches the sandbox so already, and
+/// Envoy lowers them too.
+pub fn forward(req: &mut RequestHeader, fwd: Forwarded<'_>) -> pingora::Result<()> {
+    // Parts keep only the URI, which loses an absolute-form or non-UTF-8 target: kept aside and restored.
+    let in_uri = req.uri.path_and_query().map(|pq| pq.as_str().as_bytes());
+    let target = (!req.raw_path_is_utf8() || in_uri != Some(req.raw_path())).then(|| req.raw_path().to_vec());
+    let mut parts = http::request::Parts::from(std::mem::replace(req, RequestHeader::from(empty_parts())));
+    let edited = add_forwarded(&mut parts.headers, fwd);
+    *req = RequestHeader::from(parts);
+    edited?;
+    match target {
+        Some(target) => req.set_raw_path(&target),
+        None => Ok(()),
+    }
+}
+
+fn add_forwarded(headers: &mut http::HeaderMap, fwd: Forwarded<'_>) -> pingora::Result<()> {
+    // One pass over the names present: looking up each of these would hash it every time.
+    if headers.keys().any(|k| CLIENT_FORWARDING.contains(k)) {
+        for name in &CLIENT_FORWARDING {
+            headers.remove(name);
         }
     }
+    // Room for all four at once: the map, copied at the client's exact size, would grow during the inserts.
+    headers.try_reserve(4).map_err(|e| invalid("too many request headers", e))?;
     let mut digits = [0u8; MAX_ADDRESS_LEN];
-    req.insert_header("x-forwarded-for", address_text(client_ip, &mut digits))?;
-    req.insert_header("x-forwarded-proto", HeaderValue::from_static(proto))?;
-    req.insert_header("x-forwarded-host", host)?;
+    // Digits and dots or colons only: always a valid value.
+    let address = HeaderValue::from_bytes(address_text(fwd.client_ip, &mut digits))
+        .map_err(|e| invalid("forwarded address", e))?;
+    let id = HeaderValue::from_str(fwd.request_id).map_err(|e| invalid("request id", e))?;
+    for (name, value) in [
+        (X_FORWARDED_FOR, address),
+        (X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto)),
+        (X_FORWARDED_HOST, fwd.host),
+        (X_REQUEST_ID, id),
+    ] {
+        headers.try_insert(name, value).map_err(|e| invalid("too many request headers", e))?;
+    }
     Ok(())
+}
+
+fn invalid(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Box<pingora::Error> {
+    pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, what, e)
+}
+
+/// Parts with nothing in them, to stand in while the request is edited: `http` allocates none of it.
+fn empty_parts() -> http::request::Parts {
+    http::Request::new(()).into_parts().0
 }
 
 /// The longest IPv6 text (`ffff:…:255.255.255.255`).
@@ -316,12 +343,23 @@ mod tests {
             req.append_header(n, v).expect("h");
         }
         req.append_header("x-forwarded-for", "6.6.6.6").expect("h");
-        let host = HeaderValue::from_static("h.example");
-        add_forwarded(&mut req, "10.0.0.1".parse().ok(), "https", host).expect("adds");
-        for n in CLIENT_FORWARDING {
+        req.append_header("x-request-id", "planted").expect("h");
+        forward(&mut req, fwd(Some([10, 0, 0, 1].into()))).expect("forwarded");
+        for n in &CLIENT_FORWARDING {
             assert!(req.headers.get(n).is_none(), "{n}");
         }
         assert_eq!(req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), Some("10.0.0.1"));
+        let ids: Vec<_> = req.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["id-1"]);
+    }
+
+    fn fwd(client_ip: Option<IpAddr>) -> Forwarded<'static> {
+        Forwarded {
+            client_ip,
+            proto: "https",
+            host: HeaderValue::from_static("x.example"),
+            request_id: "id-1",
+        }
     }
 
     #[test]
@@ -359,23 +397,23 @@ mod tests {
         req.append_header("Host", "x.example").expect("h");
         req.append_header("X-Custom", "One").expect("h");
         req.append_header("x-custom", "Two").expect("h");
-        without_name_case(&mut req, ADDED_UPSTREAM).expect("rebuilt");
+        forward(&mut req, fwd(None)).expect("forwarded");
         assert!(!req.has_case());
-        add_forwarded(&mut req, None, "https", HeaderValue::from_static("x.example")).expect("added");
         assert_eq!(req.raw_path(), b"/a?b=c");
         assert_eq!(
             wire(&req),
             "Host: x.example\r\nx-custom: One\r\nx-custom: Two\r\nx-forwarded-for: \r\n\
-             x-forwarded-proto: https\r\nx-forwarded-host: x.example\r\n"
+             x-forwarded-proto: https\r\nx-forwarded-host: x.example\r\nx-request-id: id-1\r\n"
         );
     }
 
     #[test]
     fn the_upstream_copy_keeps_an_absolute_or_non_utf8_target_as_sent() {
-        for target in [&b"http://x.example/a?b"[..], b"/caf\xe9?q=\xff"] {
-            let mut req = RequestHeader::build("GET", target, None).expect("request");
-            without_name_case(&mut req, 0).expect("rebuilt");
+        for target in [&b"http://x.example/a?b"[..], b"/caf\xe9?q=\xff", b"*", b"/"] {
+            let mut req = RequestHeader::build("OPTIONS", target, None).expect("request");
+            forward(&mut req, fwd(None)).expect("forwarded");
             assert_eq!(req.raw_path(), target);
+            assert_eq!(req.method, http::Method::OPTIONS);
         }
     }
 

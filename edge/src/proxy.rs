@@ -348,11 +348,15 @@ impl ProxyHttp for Edge {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        headers::without_name_case(req, headers::ADDED_UPSTREAM)?;
-        auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
         let host = request_host_value(session.req_header());
-        headers::add_forwarded(req, ctx.client_ip, self.scheme, host)?;
-        req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        let forwarded = headers::Forwarded {
+            client_ip: ctx.client_ip,
+            proto: self.scheme,
+            host,
+            request_id: ctx.request_id.as_str(),
+        };
+        headers::forward(req, forwarded)?;
+        auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
