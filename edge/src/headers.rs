@@ -54,7 +54,9 @@ pub fn apply_frame_policy(resp: &mut ResponseHeader, frame_ancestors: &HeaderVal
     if !resp.headers.contains_key(http::header::CONTENT_SECURITY_POLICY)
         && !resp.headers.contains_key(http::header::X_FRAME_OPTIONS)
     {
-        return resp.insert_header(CSP, frame_ancestors.clone());
+        return edit_response(resp, |headers| {
+            headers.try_insert(http::header::CONTENT_SECURITY_POLICY, frame_ancestors.clone()).map(drop)
+        });
     }
     let existing: Vec<String> = resp
         .headers
@@ -190,6 +192,24 @@ fn invalid(what: &'static str, e: impl std::error::Error + Send + Sync + 'static
     pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, what, e)
 }
 
+/// Edits a proxied response's headers as plain `http` parts, moved out and back in as [`forward`] does with
+/// the request, for the same reasons: an insert under a name made once, into one map (Pingora's own
+/// inserts after the hooks, `Date` and `Connection`, then go into one map too). Names then leave in lower
+/// case, as they do over HTTP/2. A reason phrase of the sandbox's own, kept beside the parts, is put back.
+fn edit_response(
+    resp: &mut ResponseHeader,
+    edit: impl FnOnce(&mut http::HeaderMap) -> Result<(), http::header::MaxSizeReached>,
+) -> pingora::Result<()> {
+    let canonical = resp.status.canonical_reason();
+    let reason = resp.get_reason_phrase().filter(|r| Some(*r) != canonical).map(str::to_owned);
+    let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
+    let edited = edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    resp.set_reason_phrase(reason.as_deref())?;
+    edited.map_err(|e| invalid("too many response headers", e))
+}
+
 /// Parts with nothing in them, to stand in while the request is edited: `http` allocates none of it.
 fn empty_parts() -> http::request::Parts {
     http::Request::new(()).into_parts().0
@@ -282,10 +302,21 @@ mod tests {
     }
 
     #[test]
-    fn response_without_csp_gets_ours() {
-        let mut resp = ResponseHeader::build(200, None).expect("header");
+    fn a_response_without_csp_gets_ours_and_keeps_everything_else() {
+        let mut resp = ResponseHeader::build(404, None).expect("header");
+        resp.set_reason_phrase(Some("Nothing Here")).expect("reason");
+        resp.append_header("X-App", "1").expect("h");
         apply_frame_policy(&mut resp, &HeaderValue::from_static(FA)).expect("applies");
         assert_eq!(resp.headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some(FA));
+        assert_eq!(resp.status, 404);
+        assert_eq!(resp.get_reason_phrase(), Some("Nothing Here"));
+        let mut wire = Vec::new();
+        resp.header_to_h1_wire(&mut wire);
+        assert_eq!(String::from_utf8_lossy(&wire), format!("x-app: 1\r\ncontent-security-policy: {FA}\r\n"));
+
+        let mut resp = ResponseHeader::build(200, None).expect("header");
+        apply_frame_policy(&mut resp, &HeaderValue::from_static(FA)).expect("applies");
+        assert_eq!(resp.get_reason_phrase(), Some("OK"));
     }
 
     #[test]
