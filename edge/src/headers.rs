@@ -150,11 +150,21 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEAD
 /// case-insensitive (RFC 9110 §5.1), a request that came over HTTP/2 reaches the sandbox so already, and
 /// Envoy lowers them too.
 pub fn forward(req: &mut RequestHeader, fwd: Forwarded<'_>) -> pingora::Result<()> {
+    edit_request(req, |headers| add_forwarded(headers, fwd))
+}
+
+/// Edits a request's headers as plain `http` parts, moved out and back in (see [`forward`] for why).
+fn edit_request(
+    req: &mut RequestHeader,
+    edit: impl FnOnce(&mut http::HeaderMap) -> pingora::Result<()>,
+) -> pingora::Result<()> {
     // Parts keep only the URI, which loses an absolute-form or non-UTF-8 target: kept aside and restored.
     let in_uri = req.uri.path_and_query().map(|pq| pq.as_str().as_bytes());
     let target = (!req.raw_path_is_utf8() || in_uri != Some(req.raw_path())).then(|| req.raw_path().to_vec());
-    let mut parts = http::request::Parts::from(std::mem::replace(req, RequestHeader::from(empty_parts())));
-    let edited = add_forwarded(&mut parts.headers, fwd);
+    // Parts with nothing in them stand in meanwhile: `http` allocates none of it.
+    let empty = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, empty));
+    let edited = edit(&mut parts.headers);
     *req = RequestHeader::from(parts);
     edited?;
     match target {
@@ -192,8 +202,8 @@ fn invalid(what: &'static str, e: impl std::error::Error + Send + Sync + 'static
     pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, what, e)
 }
 
-/// Edits a proxied response's headers as plain `http` parts, moved out and back in as [`forward`] does with
-/// the request, for the same reasons: an insert under a name made once, into one map (Pingora's own
+/// Edits a proxied response's headers as plain `http` parts, moved out and back in as [`edit_request`]
+/// does, for the same reasons: an insert under a name made once, into one map (Pingora's own
 /// inserts after the hooks, `Date` and `Connection`, then go into one map too). Names then leave in lower
 /// case, as they do over HTTP/2. A reason phrase of the sandbox's own, kept beside the parts, is put back.
 fn edit_response(
@@ -208,11 +218,6 @@ fn edit_response(
     *resp = ResponseHeader::from(parts);
     resp.set_reason_phrase(reason.as_deref())?;
     edited.map_err(|e| invalid("too many response headers", e))
-}
-
-/// Parts with nothing in them, to stand in while the request is edited: `http` allocates none of it.
-fn empty_parts() -> http::request::Parts {
-    http::Request::new(()).into_parts().0
 }
 
 /// The longest IPv6 text (`ffff:…:255.255.255.255`).
