@@ -1,5 +1,6 @@
 //! `portico`: the edge, the control service, or both in one process (`up`). SPEC §1.
 
+mod alloc;
 mod cli;
 
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
