@@ -22,6 +22,7 @@ pub mod resolve;
 pub mod route;
 pub mod state;
 pub mod statics;
+pub mod timers;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

@@ -243,6 +243,7 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        crate::timers::keep_wheel_ticking();
         Ctx {
             snap: self.state.load(),
             started: self.access_log.enabled().then(Instant::now),
