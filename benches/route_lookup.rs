@@ -3,9 +3,11 @@
 
 use std::hint::black_box;
 
-/// The allocator the edge runs on (`src/main.rs`): where records land in memory is part of a lookup's cost.
+/// The allocator the edge runs on: where records land in memory is part of a lookup's cost.
+#[path = "../src/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portico_edge::route::resolve;
