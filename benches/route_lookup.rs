@@ -5,6 +5,7 @@ use std::hint::black_box;
 
 /// The allocator the edge runs on: where records land in memory is part of a lookup's cost.
 #[path = "../src/alloc.rs"]
+#[allow(unused_imports)] // its unit tests' imports: the tests themselves are not built into a bench
 mod alloc;
 #[global_allocator]
 static GLOBAL: alloc::Allocator = alloc::Allocator;
