@@ -85,17 +85,17 @@ mod tests {
             let layout = Layout::from_size_align(1000, align).unwrap();
             unsafe {
                 let p = a.alloc(layout);
-                assert!(!p.is_null() && p as usize % align == 0);
+                assert!(!p.is_null() && (p as usize).is_multiple_of(align));
                 for i in 0..1000 {
                     *p.add(i) = i as u8;
                 }
                 // Up over the line (system), then back under it (mimalloc).
                 let big = a.realloc(p, layout, SMALL_MAX + 1);
-                assert!(!big.is_null() && big as usize % align == 0);
+                assert!(!big.is_null() && (big as usize).is_multiple_of(align));
                 let big_layout = Layout::from_size_align(SMALL_MAX + 1, align).unwrap();
                 *big.add(SMALL_MAX) = 7;
                 let back = a.realloc(big, big_layout, 500);
-                assert!(!back.is_null() && back as usize % align == 0);
+                assert!(!back.is_null() && (back as usize).is_multiple_of(align));
                 assert!((0..500).all(|i| *back.add(i) == i as u8));
                 a.dealloc(back, Layout::from_size_align(500, align).unwrap());
             }

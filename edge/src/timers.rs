@@ -60,6 +60,6 @@ mod tests {
             assert!(!TICKING.get());
         })
         .join()
-        .unwrap();
+        .expect("the test's thread finished");
     }
 }
