@@ -7,11 +7,12 @@ pub mod password;
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 use pingora::http::RequestHeader;
 
 use crate::error::EdgeError;
+use crate::headers::invalid;
 pub use check::{now_secs, Authenticator};
 use portico_wire::tokens::{self, PREVIEW_TOKEN_PREFIX, SHARE_TOKEN_PREFIX};
 use subtle::ConstantTimeEq;
@@ -116,7 +117,7 @@ pub fn candidates(req: &RequestHeader) -> Vec<Credential> {
     if let Some(token) = bearer(req) {
         out.push(Credential { token: token.to_string(), transport: Transport::Bearer });
     }
-    for value in cookies(req).filter_map(|(n, v)| (n == SESSION_COOKIE).then_some(v)) {
+    for value in cookies(&req.headers).filter_map(|(n, v)| (n == SESSION_COOKIE).then_some(v)) {
         out.push(Credential { token: decode(value).into_owned(), transport: Transport::Cookie });
     }
     out.append(&mut app_tokens);
@@ -235,6 +236,12 @@ impl<'a> Ours<'a> {
     /// Removes every credential transport from the upstream request. `Authorization` goes when it opened
     /// the route or carries one of our token formats: otherwise it belongs to the app.
     pub fn strip(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        crate::headers::edit_request(req, |headers| self.strip_headers(headers))?;
+        self.strip_query(req)
+    }
+
+    /// The credential parameters of the query.
+    pub fn strip_query(&self, req: &mut RequestHeader) -> pingora::Result<()> {
         if let Some(query) = req.uri.query() {
             if self.clean_query(query) != query {
                 let uri = self.clean_location(req).parse::<http::Uri>().map_err(|e| {
@@ -243,32 +250,51 @@ impl<'a> Ours<'a> {
                 req.set_uri(uri);
             }
         }
+        Ok(())
+    }
+
+    /// The credential headers, on the request's headers as plain `http` parts (so that the proxy strips
+    /// them in the same edit that adds the forwarding headers, [`crate::headers::forward`]).
+    pub fn strip_headers(&self, headers: &mut HeaderMap) -> pingora::Result<()> {
         // One pass over the names present: looking up each of ours would hash it every time.
-        if req.headers.keys().any(|k| HEADERS.contains(k)) {
-            for name in &HEADERS {
-                req.remove_header(name);
+        let (mut credential, mut referer, mut authorization, mut cookie) =
+            ([false; HEADERS.len()], false, false, false);
+        for name in headers.keys() {
+            if let Some(i) = HEADERS.iter().position(|h| h == name) {
+                credential[i] = true;
+            } else if name == http::header::REFERER {
+                referer = true;
+            } else if name == http::header::AUTHORIZATION {
+                authorization = true;
+            } else if name == http::header::COOKIE {
+                cookie = true;
             }
         }
+        for (name, _) in HEADERS.iter().zip(credential).filter(|(_, present)| *present) {
+            headers.remove(name);
+        }
         // Every `Referer`: a client may send two, and the second must not carry what the first does not.
-        if req.headers.contains_key(http::header::REFERER) {
-            self.strip_referers(req)?;
+        if referer {
+            self.strip_referers(headers)?;
         }
         // Every `Authorization`: one of our formats in a second header must not pass either.
-        let ours =
-            req.headers.get_all(http::header::AUTHORIZATION).iter().filter_map(bearer_of).any(has_our_prefix);
-        if ours || self.grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
-            req.remove_header(&http::header::AUTHORIZATION);
+        if authorization {
+            let ours =
+                headers.get_all(http::header::AUTHORIZATION).iter().filter_map(bearer_of).any(has_our_prefix);
+            if ours || self.grant.is_some_and(|g| g.credential.transport == Transport::Bearer) {
+                headers.remove(http::header::AUTHORIZATION);
+            }
         }
         // Most requests' cookies do not even mention the session's name: those are not split at all.
-        let mentioned = req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .any(|v| SESSION_COOKIE_FINDER.find(v.as_bytes()).is_some());
+        let mentioned = cookie
+            && headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .any(|v| SESSION_COOKIE_FINDER.find(v.as_bytes()).is_some());
         if mentioned {
             let mut kept = String::new();
             let mut session = false;
-            for (n, v) in cookies(req) {
+            for (n, v) in cookies(headers) {
                 if n == SESSION_COOKIE {
                     session = true;
                     continue;
@@ -281,27 +307,28 @@ impl<'a> Ours<'a> {
                 kept.push_str(v);
             }
             if session {
-                req.remove_header(&http::header::COOKIE);
+                headers.remove(http::header::COOKIE);
                 if !kept.is_empty() {
-                    req.insert_header(http::header::COOKIE, kept)?;
+                    let kept = http::HeaderValue::try_from(kept).map_err(|e| invalid("cookie", e))?;
+                    headers.try_insert(http::header::COOKIE, kept).map_err(|e| invalid("cookie", e))?;
                 }
             }
         }
         Ok(())
     }
 
-    fn strip_referers(&self, req: &mut RequestHeader) -> pingora::Result<()> {
-        let referers: Vec<String> = req
-            .headers
+    fn strip_referers(&self, headers: &mut HeaderMap) -> pingora::Result<()> {
+        let referers: Vec<String> = headers
             .get_all(http::header::REFERER)
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
         let clean: Vec<String> = referers.iter().map(|r| self.clean_url(r)).collect();
         if clean != referers {
-            req.remove_header(&http::header::REFERER);
+            headers.remove(http::header::REFERER);
             for referer in clean {
-                req.append_header(http::header::REFERER, referer)?;
+                let referer = http::HeaderValue::try_from(referer).map_err(|e| invalid("referer", e))?;
+                headers.try_append(http::header::REFERER, referer).map_err(|e| invalid("referer", e))?;
             }
         }
         Ok(())
@@ -330,8 +357,8 @@ fn bearer_of(value: &http::HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
-    req.headers
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
         .get_all(http::header::COOKIE)
         .iter()
         // Split before decoding: a cookie that is not ASCII (a sandbox can set one) hides none of the others.

@@ -139,22 +139,31 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
 
-/// Makes Pingora's copy of the request the one the sandbox gets: the client's claims about who it is
+/// Makes the request the one the sandbox gets: the client's claims about who it is
 /// give way to the edge's `X-Forwarded-For/Proto/Host` (its `X-Forwarded-For` is replaced, not extended:
 /// the edge is the first hop a sandbox can trust; no address leaves it empty), and `X-Request-Id` is set.
 ///
-/// The copy is edited as plain `http` parts, moved out and back in: Pingora's own insert parses each name
+/// The request is edited as plain `http` parts, moved out and back in: Pingora's own insert parses each name
 /// again and, for an HTTP/1 request, records its original case in a second map under a cloned name, and
-/// both maps, copied at the client's exact size, grow on the first insert. Without that record, names
+/// both maps, parsed at the client's exact size, grow on the first insert. Without that record, names
 /// leave in lower case (those Pingora knows, `Host`, `Content-Type`, …, capitalised): HTTP field names are
 /// case-insensitive (RFC 9110 §5.1), a request that came over HTTP/2 reaches the sandbox so already, and
 /// Envoy lowers them too.
-pub fn forward(req: &mut RequestHeader, fwd: Forwarded<'_>) -> pingora::Result<()> {
-    edit_request(req, |headers| add_forwarded(headers, fwd))
+///
+/// `also` edits the same headers in the same move: the credentials stripped ([`crate::auth::Ours`]).
+pub fn forward(
+    req: &mut RequestHeader,
+    fwd: Forwarded<'_>,
+    also: impl FnOnce(&mut http::HeaderMap) -> pingora::Result<()>,
+) -> pingora::Result<()> {
+    edit_request(req, |headers| {
+        add_forwarded(headers, fwd)?;
+        also(headers)
+    })
 }
 
 /// Edits a request's headers as plain `http` parts, moved out and back in (see [`forward`] for why).
-fn edit_request(
+pub(crate) fn edit_request(
     req: &mut RequestHeader,
     edit: impl FnOnce(&mut http::HeaderMap) -> pingora::Result<()>,
 ) -> pingora::Result<()> {
@@ -180,7 +189,7 @@ fn add_forwarded(headers: &mut http::HeaderMap, fwd: Forwarded<'_>) -> pingora::
             headers.remove(name);
         }
     }
-    // Room for all four at once: the map, copied at the client's exact size, would grow during the inserts.
+    // Room for all four at once: the map, parsed at the client's exact size, would grow during the inserts.
     headers.try_reserve(4).map_err(|e| invalid("too many request headers", e))?;
     let mut digits = [0u8; MAX_ADDRESS_LEN];
     // Digits and dots or colons only: always a valid value.
@@ -198,7 +207,10 @@ fn add_forwarded(headers: &mut http::HeaderMap, fwd: Forwarded<'_>) -> pingora::
     Ok(())
 }
 
-fn invalid(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Box<pingora::Error> {
+pub(crate) fn invalid(
+    what: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<pingora::Error> {
     pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, what, e)
 }
 
@@ -380,7 +392,7 @@ mod tests {
         }
         req.append_header("x-forwarded-for", "6.6.6.6").expect("h");
         req.append_header("x-request-id", "planted").expect("h");
-        forward(&mut req, fwd(Some([10, 0, 0, 1].into()))).expect("forwarded");
+        forward(&mut req, fwd(Some([10, 0, 0, 1].into())), |_| Ok(())).expect("forwarded");
         for n in &CLIENT_FORWARDING {
             assert!(req.headers.get(n).is_none(), "{n}");
         }
@@ -433,7 +445,7 @@ mod tests {
         req.append_header("Host", "x.example").expect("h");
         req.append_header("X-Custom", "One").expect("h");
         req.append_header("x-custom", "Two").expect("h");
-        forward(&mut req, fwd(None)).expect("forwarded");
+        forward(&mut req, fwd(None), |_| Ok(())).expect("forwarded");
         assert!(!req.has_case());
         assert_eq!(req.raw_path(), b"/a?b=c");
         assert_eq!(
@@ -447,7 +459,7 @@ mod tests {
     fn the_upstream_copy_keeps_an_absolute_or_non_utf8_target_as_sent() {
         for target in [&b"http://x.example/a?b"[..], b"/caf\xe9?q=\xff", b"*", b"/"] {
             let mut req = RequestHeader::build("OPTIONS", target, None).expect("request");
-            forward(&mut req, fwd(None)).expect("forwarded");
+            forward(&mut req, fwd(None), |_| Ok(())).expect("forwarded");
             assert_eq!(req.raw_path(), target);
             assert_eq!(req.method, http::Method::OPTIONS);
         }

@@ -162,6 +162,23 @@ impl Edge {
         Ok(Admitted::Proxy)
     }
 
+    /// Step 5's request: the client's claims about who it is give way to the edge's `X-Forwarded-*`, and
+    /// every credential goes. Edited in the client's request itself, before Pingora copies it for the
+    /// upstream: the edit leaves the headers one map (see [`headers::forward`]), so the copy made for each
+    /// attempt has no second map to clone and drop.
+    fn edit_for_upstream(&self, session: &mut Session, ctx: &Ctx) -> Result<()> {
+        let req = session.req_header_mut();
+        let forwarded = headers::Forwarded {
+            client_ip: ctx.client_ip,
+            proto: self.scheme,
+            host: request_host_value(req),
+            request_id: ctx.request_id.as_str(),
+        };
+        let ours = auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref());
+        headers::forward(req, forwarded, |headers| ours.strip_headers(headers))?;
+        ours.strip_query(req)
+    }
+
     /// A submitted share password: checked at control; when right, a session cookie and a redirect to
     /// the same page without the token.
     async fn share_password(
@@ -288,6 +305,11 @@ impl ProxyHttp for Edge {
                     }
                     return Ok(true);
                 }
+                if let Err(e) = self.edit_for_upstream(session, ctx) {
+                    tracing::debug!(error = %e, "editing the request for the upstream");
+                    self.respond(session, ctx, EdgeError::BadRequest).await?;
+                    return Ok(true);
+                }
                 if session.is_upgrade_req() {
                     session.set_read_timeout(Some(WEBSOCKET_IDLE));
                     ctx.websocket =
@@ -343,21 +365,13 @@ impl ProxyHttp for Edge {
         Ok(Box::new(peer))
     }
 
+    /// The request was made what the sandbox gets before Pingora copied it ([`Edge::edit_for_upstream`]).
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
-        req: &mut RequestHeader,
+        _session: &mut Session,
+        _req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let host = request_host_value(session.req_header());
-        let forwarded = headers::Forwarded {
-            client_ip: ctx.client_ip,
-            proto: self.scheme,
-            host,
-            request_id: ctx.request_id.as_str(),
-        };
-        headers::forward(req, forwarded)?;
-        auth::Ours::new(ctx.grant.as_ref(), ctx.route.as_ref()).strip(req)?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
