@@ -4,7 +4,7 @@
 # request over the same Pingora doing nothing, and over the usual reverse proxies.
 #
 #   bash benches/proxies.sh                 # needs nginx, haproxy, wrk, curl, python3
-#   ROUNDS=5 DURATION=20s CONNECTIONS=128 bash benches/proxies.sh
+#   ROUNDS=5 SLICES=4 DURATION=5s CONNECTIONS=128 bash benches/proxies.sh
 #   SKIP_BUILD=1 bash benches/proxies.sh    # use the release binaries already built
 #   PATHS="public 100k" PROXIES="minimal-pingora portico" bash benches/proxies.sh
 #   PORTICOS="portico=target/release/portico,--access-log,off old=/tmp/portico-old,RUST_LOG=info" ...
@@ -26,11 +26,15 @@
 # around and a proxy's CPU per request swings by a third from round to round. PIN=0 turns it off.
 #
 # Each round starts every proxy afresh (RESTART=0: one set of processes for the whole run) and runs every
-# path through every proxy, the proxy order rotating from round to round, with
-# `wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency`. Per proxy and path: the median over rounds of
-# req/s, p50 and p99 latency, and CPU per request: utime+stime of the proxy's processes (all threads;
-# nginx's master and worker) over the run, divided by the requests wrk counted. wrk, the origin and the
-# proxy share the machine, so absolute numbers depend on it: compare rows of one run.
+# path through every proxy, the proxy order rotating from round to round: SLICES (5) runs of
+# `wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency` (2 s) per proxy, the proxies taking turns slice by
+# slice, so that a burst from a neighbour on a shared host costs every proxy a slice rather than one proxy
+# its whole run (one 5 s run each swung a proxy's CPU per request by up to 20 % from round to round).
+# A round's figures for a proxy and path: requests and CPU summed over its slices, the mean req/s, the
+# median of the slices' p50 and p99. Per proxy and path, the table gives the median over rounds of req/s,
+# p50 and p99 latency, and CPU per request: utime+stime of the proxy's processes (all threads; nginx's
+# master and worker) over the runs, divided by the requests wrk counted. wrk, the origin and the proxy
+# share the machine, so absolute numbers depend on it: compare rows of one run.
 #
 # PORTICOS: space-separated Portico variants `label=BINARY[,ARG|NAME=VALUE]...`: arguments for
 # `portico edge`, or environment variables. Each runs as its own `portico edge --threads 1` following one
@@ -40,7 +44,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-2s}
+SLICES=${SLICES:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 PATHS=${PATHS:-public header cookie 100k ws}
@@ -320,8 +325,48 @@ to_ms() { # wrk's latency (e.g. 812.00us, 1.20ms, 1.01s) in ms
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
+# One run of one path through one proxy: "requests rps p50_ms p99_ms cpu_ticks non2xx errors".
+measure() { # $1 proxy, $2 path; the path's headers in hs
+  local proxy=$1 path=$2 url out before after requests rps p50 p99 non2xx errors
+  local -a pids
+  url="http://127.0.0.1:${PORT[$proxy]}${URLPATH[$path]}"
+  read -r -a pids <<<"$(pids_of "$proxy")"
+  before=$(ticks "${pids[@]}")
+  if [ "$path" = ws ]; then
+    out=$("${on_load_cpu[@]}" "$WS_ECHO" load "127.0.0.1:${PORT[$proxy]}" "$PUBLIC_HOST" /ws \
+      "$CONNECTIONS" "${DURATION%s}" 32)
+    after=$(ticks "${pids[@]}")
+    requests=$(awk '/^messages/ {print $2}' <<<"$out")
+    rps=$(awk '/^rate/ {print $2}' <<<"$out")
+    p50=$(awk '/^p50_us/ {print $2 / 1000}' <<<"$out")
+    p99=$(awk '/^p99_us/ {print $2 / 1000}' <<<"$out")
+    non2xx=0
+    errors=$(awk '/^errors/ {print $2}' <<<"$out")
+  else
+    out=$("${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${hs[@]}" "$url")
+    after=$(ticks "${pids[@]}")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
+  fi
+  echo "$requests $rps $p50 $p99 $((after - before)) ${non2xx:-0} ${errors:-0}"
+}
+# Slices of one path, each proxy's runs taken in turn: requests and CPU summed, req/s the mean, latencies
+# the median of the slices'.
+combine() {
+  python3 -c '
+import statistics, sys
+s = [l.split() for l in sys.stdin if l.strip()]
+col = lambda i, f=float: [f(r[i]) for r in s]
+print(sum(col(0, int)), round(statistics.mean(col(1)), 2), round(statistics.median(col(2)), 3),
+      round(statistics.median(col(3)), 3), sum(col(4, int)), sum(col(5, int)), sum(col(6, int)), sep="\t")'
+}
 read -r -a order <<<"$PROXIES"
-echo "$ROUNDS rounds × paths ($PATHS) × proxies (${order[*]}), wrk -t$THREADS -c$CONNECTIONS -d$DURATION" >&2
+echo "$ROUNDS rounds × paths ($PATHS) × proxies (${order[*]}), $SLICES slices of" \
+  "wrk -t$THREADS -c$CONNECTIONS -d$DURATION each" >&2
 for round in $(seq "$ROUNDS"); do
   # Fresh processes every round: where ASLR puts a process's stack and heap moves its CPU per request by
   # up to 5 % for its whole life (same binary, one process against another), so one set of processes would
@@ -333,37 +378,23 @@ for round in $(seq "$ROUNDS"); do
   fi
   for path in $PATHS; do
     mapfile -d '' hs < <(headers "$path" -H)
-    for proxy in "${order[@]}"; do
-      url="http://127.0.0.1:${PORT[$proxy]}${URLPATH[$path]}"
-      read -r -a pids <<<"$(pids_of "$proxy")"
-      before=$(ticks "${pids[@]}")
-      if [ "$path" = ws ]; then
-        out=$("${on_load_cpu[@]}" "$WS_ECHO" load "127.0.0.1:${PORT[$proxy]}" "$PUBLIC_HOST" /ws \
-          "$CONNECTIONS" "${DURATION%s}" 32)
-        after=$(ticks "${pids[@]}")
-        requests=$(awk '/^messages/ {print $2}' <<<"$out")
-        rps=$(awk '/^rate/ {print $2}' <<<"$out")
-        p50=$(awk '/^p50_us/ {print $2 / 1000}' <<<"$out")
-        p99=$(awk '/^p99_us/ {print $2 / 1000}' <<<"$out")
-        non2xx=0
-        errors=$(awk '/^errors/ {print $2}' <<<"$out")
-      else
-        out=$("${on_load_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${hs[@]}" "$url")
-        after=$(ticks "${pids[@]}")
-        requests=$(awk '/requests in/ {print $1}' <<<"$out")
-        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-        p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-        p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-        non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-        errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
-      fi
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$path" "$proxy" "$requests" "$rps" "$p50" \
-        "$p99" "$((after - before))" "${non2xx:-0}" "${errors:-0}" | tee -a "$RESULTS" >&2
+    # The proxies take turns slice by slice: a neighbour's burst on a shared host lands on one slice of
+    # each, not on one proxy's whole run.
+    declare -A slices=()
+    for _ in $(seq "$SLICES"); do
+      for proxy in "${order[@]}"; do
+        slices[$proxy]+="$(measure "$proxy" "$path")"$'\n'
+      done
     done
+    for proxy in "${order[@]}"; do
+      printf '%s\t%s\t%s\t%s\n' "$round" "$path" "$proxy" "$(combine <<<"${slices[$proxy]}")" |
+        tee -a "$RESULTS" >&2
+    done
+    unset slices
   done
   order=("${order[@]:1}" "${order[0]}") # the next round starts with the next proxy
 done
 
 [ -z "$OUT" ] || cp "$RESULTS" "$OUT"
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores, $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%FT%TZ)"
+echo "$SLICES × wrk -t$THREADS -c$CONNECTIONS -d$DURATION per round, $(nproc) cores, $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%FT%TZ)"
 python3 benches/proxies/table.py "$RESULTS"
