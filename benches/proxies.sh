@@ -29,7 +29,7 @@
 # path through every proxy, the proxy order rotating from round to round: SLICES (5) runs of
 # `wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency` (2 s) per proxy, the proxies taking turns slice by
 # slice, so that a burst from a neighbour on a shared host costs every proxy a slice rather than one proxy
-# its whole run (one 5 s run each swung a proxy's CPU per request by up to 20 % from round to round).
+# its whole run (with one 5 s run each, per-round Portico ÷ minimal ratios spread over 0.93–1.37 here).
 # A round's figures for a proxy and path: requests and CPU summed over its slices, the mean req/s, the
 # median of the slices' p50 and p99. Per proxy and path, the table gives the median over rounds of req/s,
 # p50 and p99 latency, and CPU per request: utime+stime of the proxy's processes (all threads; nginx's
@@ -351,6 +351,11 @@ measure() { # $1 proxy, $2 path; the path's headers in hs
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
     errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
+  fi
+  if ! [[ "$requests" =~ ^[0-9]+$ ]] || [ "$requests" = 0 ]; then
+    echo "$proxy $path: no requests measured; the load generator said:" >&2
+    echo "$out" >&2
+    return 1
   fi
   echo "$requests $rps $p50 $p99 $((after - before)) ${non2xx:-0} ${errors:-0}"
 }
