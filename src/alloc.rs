@@ -4,9 +4,10 @@
 //! Why v2: side by side with v3 (the mimalloc crate's default), fresh processes, `benches/proxies.sh`
 //! spent 2–5.5 % less CPU per proxied request on one host (v3 freed and re-made whole pages for
 //! Pingora's per-request allocations), about the same on another; and an edge cold-started from control
-//! holds 199 rather than 325 bytes a sandbox (`benches/scale.sh`, 100k). Why not v2 alone: it gives every block over 64 KiB a page of its own, and a
-//! block freed by another thread than the one that allocated it goes on a list its owner empties only
-//! every 100th such allocation. Control hands 1 MiB release chunks to SQLite's worker thread and body
+//! holds 199 rather than 325 bytes a sandbox (`benches/scale.sh`, 100k, the two builds back to back).
+//! Why not v2 alone: it gives every block over 64 KiB a page of its own, and a block freed by another
+//! thread than the one that allocated it goes on a list its owner empties only every 100th such
+//! allocation. Control hands 1 MiB release chunks to SQLite's worker thread and body
 //! frames to the release checker's thread: with v2 alone an 80 MiB upload grew control by ~100 MiB
 //! (`tests/releases.rs` bounds it at 64). glibc takes those blocks back at once, from any thread.
 
