@@ -36,6 +36,11 @@
 # master and worker) over the runs, divided by the requests wrk counted. wrk, the origin and the proxy
 # share the machine, so absolute numbers depend on it: compare rows of one run.
 #
+# The calibration row `minimal-pingora+<N>ns` (EXTRA_NS, default 2000) is the minimal proxy spinning N ns
+# of CPU more per request: what N ns of a proxy's own work measures as here. It is not N ns: a saturated
+# proxy that is slower leaves wrk and the origin idle more often, and waking them costs its sends more
+# (here 2 µs spent measured as 4–7 µs). Judge Portico's ratio to the minimal proxy against that row's.
+#
 # PORTICOS: space-separated Portico variants `label=BINARY[,ARG|NAME=VALUE]...`: arguments for
 # `portico edge`, or environment variables. Each runs as its own `portico edge --threads 1` following one
 # `portico control` (a separate process, so that its CPU is not counted). Rows whose label starts with
@@ -51,6 +56,7 @@ THREADS=${THREADS:-1}
 PATHS=${PATHS:-public header cookie 100k ws}
 OUT=${OUT:-}
 MINIMAL=${MINIMAL:-target/release/minimal-pingora}
+EXTRA_NS=${EXTRA_NS:-2000}
 WS_ECHO=${WS_ECHO:-target/release/ws-echo}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
@@ -69,7 +75,7 @@ done
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 PORTICOS=${PORTICOS:-"portico=target/release/portico,--access-log,off portico+log=target/release/portico,--access-log,$WORK/access.log"}
-PROXIES=${PROXIES:-nginx haproxy minimal-pingora $(for v in $PORTICOS; do printf '%s ' "${v%%=*}"; done)}
+PROXIES=${PROXIES:-nginx haproxy minimal-pingora minimal-pingora+${EXTRA_NS}ns $(for v in $PORTICOS; do printf '%s ' "${v%%=*}"; done)}
 
 declare -A PID PORT
 stop() { # SIGINT: Pingora and nginx stop at once (SIGTERM would make Pingora wait out its grace period).
@@ -200,11 +206,11 @@ EOF
   PID[haproxy]=$!
 }
 
-start_minimal() {
-  PORT[minimal-pingora]=$(port)
-  "${on_proxy_cpu[@]}" "$MINIMAL" "127.0.0.1:${PORT[minimal-pingora]}" "127.0.0.2:$ORIGIN_PORT" 1 \
-    >"$WORK/minimal.log" 2>&1 &
-  PID[minimal-pingora]=$!
+start_minimal() { # $1 label, $2 extra ns of CPU per request (0: the baseline)
+  PORT[$1]=$(port)
+  "${on_proxy_cpu[@]}" env MINIMAL_EXTRA_NS="$2" "$MINIMAL" "127.0.0.1:${PORT[$1]}" "127.0.0.2:$ORIGIN_PORT" 1 \
+    >"$WORK/$1.log" 2>&1 &
+  PID[$1]=$!
 }
 
 # Portico: one control, and one `edge --threads 1` per variant following it.
@@ -254,7 +260,8 @@ start_proxies() {
     case $proxy in
       nginx) rm -f "$WORK/nginx.pid"; start_nginx ;;
       haproxy) start_haproxy ;;
-      minimal-pingora) start_minimal ;;
+      minimal-pingora) start_minimal "$proxy" 0 ;;
+      minimal-pingora+*ns) start_minimal "$proxy" "${proxy//[^0-9]/}" ;;
       *) for v in $PORTICOS; do [ "${v%%=*}" = "$proxy" ] && start_portico "$v"; done ;;
     esac
     [ -n "${PORT[$proxy]:-}" ] || { echo "unknown proxy $proxy" >&2; exit 1; }

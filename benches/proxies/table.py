@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Medians of benches/proxies.sh's rounds as a Markdown table, with Portico's ratios to the baselines.
 
+Rows `minimal-pingora+<N>ns` (the minimal proxy spending N ns more per request) calibrate the others: what
+N ns of work measures as in this run, and Portico's extra over the minimal proxy read at that rate.
+
 Input: the TSV the script writes, one line per (round, path, proxy):
 round path proxy requests rps p50_ms p99_ms cpu_ticks non2xx errors
 """
 import os
+import re
 import statistics
 import sys
 from collections import OrderedDict, defaultdict
@@ -35,12 +39,12 @@ def main(path):
     paired = defaultdict(list)
     for (p, proxy), v in runs.items():
         base = runs.get((p, "minimal-pingora"))
-        if proxy.startswith("portico") and base:
+        if rated(proxy) and base:
             paired[(p, proxy)] = statistics.median(
                 r["cpu"] / b["cpu"] for r, b in zip(v, base) if b["cpu"] == b["cpu"] and b["cpu"] > 0)
     rounds = max(m["n"] for m in med.values())
     print(f"Medians of {rounds} rounds. CPU = utime+stime of the proxy's processes per request (µs).")
-    print("Ratios: req/s and CPU of each Portico row over the minimal Pingora proxy and over nginx;")
+    print("Ratios: req/s and CPU of each Portico (and calibration) row over the minimal Pingora proxy and over nginx;")
     print("\"paired\": the median over rounds of the ratio within each round.\n")
     print("| path | proxy | req/s | p50 ms | p99 ms | CPU µs/req | req/s ÷ min | req/s ÷ nginx "
           "| CPU ÷ min | CPU ÷ min, paired | CPU ÷ nginx | errors |")
@@ -52,7 +56,7 @@ def main(path):
             if not m:
                 continue
             ratios = ["", "", "", "", ""]
-            if proxy.startswith("portico"):
+            if rated(proxy):
                 ratios = [
                     f"{m['rps'] / base_min['rps']:.2f}" if base_min else "",
                     f"{m['rps'] / base_ngx['rps']:.2f}" if base_ngx else "",
@@ -62,6 +66,42 @@ def main(path):
                 ]
             print(f"| {p} | {proxy} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.1f} | "
                   + " | ".join(ratios) + f" | {m['bad']} |")
+    calibrate(runs, paths, proxies)
+
+
+def rated(proxy):
+    """Rows that get ratio columns: Portico's, and the calibration's."""
+    return proxy.startswith("portico") or CALIBRATION.fullmatch(proxy) is not None
+
+
+CALIBRATION = re.compile(r"minimal-pingora\+(\d+)ns")
+
+
+def calibrate(runs, paths, proxies):
+    """What the calibration row's known extra work measured as, and Portico's extra read at that rate."""
+    for proxy in proxies:
+        m = CALIBRATION.fullmatch(proxy)
+        if not m:
+            continue
+        spent = int(m.group(1)) / 1000
+        print(f"\nCalibration: {proxy} spends {spent:g} µs more CPU per request than minimal-pingora. "
+              "Per path (WebSocket messages do not pass where it spins), the median over rounds of the "
+              "paired difference:\n")
+        print("| path | calibration: µs measured (× spent) | proxy | µs over minimal | ÷ that rate = own work µs |")
+        print("|---|---:|---|---:|---:|")
+        for p in paths:
+            base, cal = runs.get((p, "minimal-pingora")), runs.get((p, proxy))
+            # A WebSocket's messages never pass the hook that spins: only its handshake does.
+            if p == "ws" or not base or not cal:
+                continue
+            measured = statistics.median(c["cpu"] - b["cpu"] for c, b in zip(cal, base))
+            rate = measured / spent
+            for other in proxies:
+                if not other.startswith("portico") or (p, other) not in runs:
+                    continue
+                over = statistics.median(o["cpu"] - b["cpu"] for o, b in zip(runs[(p, other)], base))
+                own = f"{over / rate:.1f}" if rate > 0.2 else "(rate too small to read)"
+                print(f"| {p} | {measured:.1f} (× {rate:.1f}) | {other} | {over:.1f} | {own} |")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,16 @@
 //!
 //!   minimal-pingora LISTEN UPSTREAM [THREADS]     e.g. minimal-pingora 127.0.0.1:8081 127.0.0.2:80 1
 //!   minimal-pingora LISTEN file=PATH [THREADS]
+//!
+//! `MINIMAL_EXTRA_NS=N` makes the proxy spin N ns of its own CPU on every proxied request: a calibration,
+//! not a proxy. Beside the plain one it shows what N ns more work per request measures as on this host,
+//! which is not N: a proxy that saturates its core leaves the load generator and the origin idle more
+//! often, and each of their wake-ups costs the proxy's `send` more (on one host here 2 µs spent measured
+//! as 4–7 µs). `benches/proxies.sh` runs it as `minimal-pingora+<N>ns`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Minimal {
     upstream: SocketAddr,
+    /// `MINIMAL_EXTRA_NS`: zero unless calibrating.
+    extra: Duration,
 }
 
 struct StaticFile {
@@ -65,6 +74,9 @@ impl ProxyHttp for Minimal {
         resp: &mut ResponseHeader,
         _ctx: &mut (),
     ) -> Result<()> {
+        if !self.extra.is_zero() {
+            spin(self.extra);
+        }
         resp.insert_header("x-proxy", "minimal-pingora")
     }
 }
@@ -104,11 +116,30 @@ fn main() -> ExitCode {
             eprintln!("{target}: not an address (or file=PATH)");
             return ExitCode::FAILURE;
         };
-        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Minimal { upstream });
+        let extra = match std::env::var("MINIMAL_EXTRA_NS") {
+            Err(_) => Duration::ZERO,
+            Ok(ns) => match ns.parse() {
+                Ok(ns) => Duration::from_nanos(ns),
+                Err(e) => {
+                    eprintln!("MINIMAL_EXTRA_NS={ns}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let minimal = Minimal { upstream, extra };
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, minimal);
         proxy.add_listener(listener(listen));
         server.add_service(proxy);
     }
     server.run_forever()
+}
+
+/// Busy for `extra` on this thread's CPU: work, as far as the machine can tell.
+fn spin(extra: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < extra {
+        std::hint::spin_loop();
+    }
 }
 
 /// The edge's listener settings (`edge/src/lib.rs`): a write buffer that holds a response head and a
