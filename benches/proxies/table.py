@@ -81,9 +81,9 @@ def calibrate(runs, paths, proxies):
     """What the calibration row's known extra work measured as, and Portico's extra read at that rate."""
     for proxy in proxies:
         m = CALIBRATION.fullmatch(proxy)
-        if not m:
+        spent = int(m.group(1)) / 1000 if m else 0
+        if not spent:
             continue
-        spent = int(m.group(1)) / 1000
         print(f"\nCalibration: {proxy} spends {spent:g} µs more CPU per request than minimal-pingora. "
               "Per path (WebSocket messages do not pass where it spins), the median over rounds of the "
               "paired difference:\n")
