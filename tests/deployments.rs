@@ -40,6 +40,19 @@ impl Instance {
                             name
                         }),
                     )
+                    // What reached the instance of the headers the edge sets or removes.
+                    .route(
+                        "/forwarded",
+                        route_get(move |headers: axum::http::HeaderMap| async move {
+                            let all = |n: &str| -> Vec<String> {
+                                headers.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+                            };
+                            let names = ["x-forwarded-for", "x-request-id", "forwarded", "x-real-ip"];
+                            let seen: serde_json::Map<String, Value> =
+                                names.iter().map(|n| (n.to_string(), json!(all(n)))).collect();
+                            axum::Json(json!({"name": name, "headers": seen}))
+                        }),
+                    )
                     .fallback(move || async move { name });
                 let listener = tokio::net::TcpListener::bind(addr).await.expect("bind instance");
                 ready_tx.send(listener.local_addr().unwrap()).unwrap();
@@ -139,6 +152,59 @@ async fn instances_share_traffic_leave_rotation_when_killed_and_come_back() {
         get(&stack, &host, "/").await == (200, "instance-b".to_string())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_request_retried_on_another_instance_carries_the_edges_forwarding_headers_only() {
+    let stack = Stack::start().await;
+    let tenant = stack.admin.tenant("acme").await;
+    let a = Instance::start("instance-a");
+    let mut b = Instance::start("instance-b");
+    let (id, host) = deployment(&tenant, "retry").await;
+    // Checked once an hour: the killed instance stays in rotation, so every other request meets it first.
+    let v = version(
+        &tenant,
+        &id,
+        json!({"instances": [a.addr.to_string(), b.addr.to_string()], "health_check": {"interval_ms": 3_600_000}}),
+    )
+    .await;
+    promote(&tenant, &id, &v).await;
+    stack.synced().await;
+    wait_until("both instances in rotation", Duration::from_secs(10), || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            seen.insert(get(&stack, &host, "/").await.1);
+        }
+        seen.len() == 2
+    })
+    .await;
+
+    b.kill();
+    for _ in 0..6 {
+        let resp = stack
+            .edge
+            .client()
+            .get(stack.edge.url(&host, "/forwarded"))
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-real-ip", "6.6.6.6")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-request-id", "planted")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "a refused GET is retried on the other instance");
+        let got: Value = resp.json().await.unwrap();
+        assert_eq!(got["name"], "instance-a");
+        let seen = &got["headers"];
+        let xff = seen["x-forwarded-for"].as_array().unwrap();
+        assert_eq!(xff.len(), 1, "one X-Forwarded-For, the edge's: {seen}");
+        assert!(!xff[0].as_str().unwrap().contains("6.6.6.6"), "the client's claim is replaced: {seen}");
+        let ids = seen["x-request-id"].as_array().unwrap();
+        assert_eq!(ids.len(), 1, "{seen}");
+        assert_ne!(ids[0], "planted", "an untrusted client's id is replaced: {seen}");
+        assert_eq!(seen["forwarded"], json!([]), "{seen}");
+        assert_eq!(seen["x-real-ip"], json!([]), "{seen}");
+    }
 }
 
 #[tokio::test]
